@@ -1,0 +1,1 @@
+"""Data and decisions that tie a bundle to a production line."""

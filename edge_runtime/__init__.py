@@ -1,0 +1,3 @@
+"""What runs on the inspection station. Imports neither torch nor diffusers."""
+
+__version__ = "0.1.0"

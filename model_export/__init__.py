@@ -1,0 +1,1 @@
+"""From trained PyTorch GLAD checkpoints to deployable bundles."""
