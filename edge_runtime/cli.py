@@ -28,15 +28,53 @@ def build_parser() -> argparse.ArgumentParser:
         "diffusers folder, GLAD's fine-tuned UNet, the official DINO ViT-B/8 and optional fine-tuned "
         "DINO / VAE files, with a dataset preset of the paper's per-class hyper-parameters.",
     )
-    p.add_argument("--sd", required=True, type=Path, help="Stable Diffusion 1.4 diffusers folder")
-    p.add_argument("--unet", required=True, type=Path, help="GLAD UNet state dict (.bin/.pt or .safetensors)")
-    p.add_argument("--dino", required=True, type=Path, help="official DINO ViT-B/8 weights (.pth or .safetensors)")
-    p.add_argument("--dino-adaptive", type=Path, help="DINO for the adaptive-step check (default: --dino)")
-    p.add_argument("--vae", type=Path, help="VAE in the original latent-diffusion key layout (default: SD's)")
-    p.add_argument("--preset", required=True, choices=["mvtec", "mpdd", "visa", "pcbbank"])
-    p.add_argument("--category", required=True, help="class name within the preset, e.g. bottle")
-    p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    p.add_argument("--sd", required=True, type=Path,
+                   help="Stable Diffusion 1.4 diffusers folder (text_encoder/, tokenizer/, unet/config.json, vae/, "
+                   "scheduler/); its text encoder computes the stored prompt embeddings")
+    p.add_argument("--unet", required=True, type=Path,
+                   help="GLAD's fine-tuned UNet state dict: checkpoint-N/pytorch_model.bin (.bin/.pt/.pth), "
+                   ".safetensors, or the checkpoint-N folder")
+    p.add_argument("--dino", required=True, type=Path,
+                   help="DINO for the anomaly map (becomes dino/): the official dino_vitbase8_pretrain.pth, or the "
+                   "class's fine-tuned DINO (VisA, PCB-Bank). A plain state dict, a DINO training checkpoint "
+                   "(its teacher), .safetensors, or a checkpoint dino/ folder")
+    p.add_argument("--dino-adaptive", type=Path,
+                   help="frozen pretrained DINO for the adaptive-step check (becomes dino_adaptive/): give the "
+                   "official dino_vitbase8_pretrain.pth here when --dino is a fine-tuned DINO (default: --dino)")
+    p.add_argument("--dino-num-heads", type=int,
+                   help="attention heads of the DINO files, which the weights do not record "
+                   "(default: embed_dim // 64, i.e. 12 for ViT-B/8)")
+    p.add_argument("--vae", type=Path,
+                   help="fine-tuned VAE in the original latent-diffusion (CompVis ldm) key layout, e.g. a DiffAD "
+                   ".ckpt (tensors may sit under state_dict / first_stage_model.); default: SD's vae/")
+    p.add_argument("--preset", required=True, choices=["mvtec", "mpdd", "visa", "pcbbank"],
+                   help="dataset whose per-class hyper-parameters (paper + released code) go into glad.json")
+    p.add_argument("--category", required=True, help="class name within the preset, e.g. bottle, metal_nut, pcb1")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory at --out")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed latent noise (default 0)")
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to a deployable bundle",
+        description="Export a GLAD checkpoint directory to a bundle (manifest.json + model graphs + fixed noise). "
+        "Every graph is checked against the PyTorch reference before the bundle is written; a mismatch "
+        "refuses the export and leaves nothing behind.",
+    )
+    p.add_argument("checkpoint", type=Path, help="GLAD checkpoint directory")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory to write (must not exist)")
+    p.add_argument("--backend", choices=["onnx"], default="onnx", help="model format (default onnx)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: half-precision graphs with float32 inputs/outputs (default fp32)")
+    p.add_argument("--sampler", choices=["exact", "fast"], default="exact",
+                   help="exact: glad.json's steps; fast: fewer steps, sparser ADS checks (default exact)")
+    p.add_argument("--steps", type=int, help="inference steps of the fast sampler")
+    p.add_argument("--check-every", type=int, help="run the ADS check every K steps (fast sampler)")
+    p.add_argument("--unet-guidance", choices=["graph", "batch2"], default="graph",
+                   help="graph: guidance combined inside unet.onnx (default); batch2: the runtime combines")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("make-checkpoint", help="write a small random checkpoint (tests, smoke runs)")
     p.add_argument("--out", required=True, type=Path)
@@ -64,8 +102,33 @@ def _cmd_import_glad(args: argparse.Namespace) -> int:
         category=args.category,
         out=args.out,
         noise_seed=args.noise_seed,
+        dino_num_heads=args.dino_num_heads,
+        overwrite=args.overwrite,
     )
     print(f"wrote checkpoint {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from model_export.onnx_export import export_bundle
+
+    for name in ("steps", "check_every"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise GladEdgeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    out = export_bundle(
+        args.checkpoint,
+        args.out,
+        precision=args.precision,
+        sampler=args.sampler,
+        steps=args.steps,
+        check_every=args.check_every,
+        opset=args.opset,
+        progress=not args.quiet,
+        unet_guidance=args.unet_guidance,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote bundle {out}")
     return 0
 
 
@@ -100,6 +163,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "import-glad": _cmd_import_glad,
+    "export": _cmd_export,
     "make-checkpoint": _cmd_make_checkpoint,
     "inspect": _cmd_inspect,
 }

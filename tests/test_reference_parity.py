@@ -41,12 +41,16 @@ def random_image(seed: int = 3, h: int = 50, w: int = 70) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def blob_image(h: int = 50, w: int = 70, dark: bool = True) -> np.ndarray:
-    """A smooth gradient plus a round blob (dark or bright), not at the model resolution."""
+def blob_image(h: int = 50, w: int = 70, dark: bool = True, cy: int = 9, cx: int = 12, r2: int = 25) -> np.ndarray:
+    """A smooth gradient plus a round blob (dark or bright), not at the model resolution.
+
+    The blob is small and near a corner: the object mask dilates by a 49 x 49 square (sigma 6 twice,
+    whatever the resolution), so only then does it zero part of a 64 px image.
+    """
     yy, xx = np.mgrid[0:h, 0:w]
     base = 140 if dark else 20
     img = np.stack([base + xx, base + 10 + yy, base + (xx + yy) // 2], axis=-1).astype(np.float64)
-    img[(yy - 24) ** 2 + (xx - 33) ** 2 < 150] = 25 if dark else 235
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r2] = 25 if dark else 235
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -70,10 +74,11 @@ CASES: dict[str, tuple[dict, np.ndarray]] = {
         blob_image(dark=False),
     ),
     # (h) R_d = 48 != R, native grid 8 used as is for ADS (R = 64) and resized to 6 for the map;
-    # (i) separate adaptive DINO; SAFF with equal grids
+    # (i) separate adaptive DINO, whose scores pick the step (delta from the trace); SAFF with equal grids
     "dino_geometry_separate_adaptive": (
         dict(
-            input_threshold=1e-6,
+            input_threshold=1e9,
+            min_step=0,
             vae_blocks=4,
             dino_resolution=48,
             dino_img_size=64,
@@ -83,17 +88,25 @@ CASES: dict[str, tuple[dict, np.ndarray]] = {
         ),
         random_image(5, 61, 45),
     ),
-    # (a') fires by score > delta at a later step; delta is chosen from the oracle's per-step scores
+    # (a') fires by score > delta at a later step (delta chosen from the oracle's per-step scores), where
+    # M is large enough for the spatial SAFF mask (latent 16x16, grid 8x8) to change the result
     "score_later_step": (dict(input_threshold=1e9, min_step=0, seed=5), random_image(6)),
 }
 
 
+# cases whose delta is set from the oracle's ADS trace so that ADS fires by score at a late step
+DELTA_FROM_TRACE = ("dino_geometry_separate_adaptive", "score_later_step")
+
+
 def _choose_later_delta(trace: list[tuple[int, float]]) -> tuple[float, int]:
-    """A delta that the score passes first at a step after the first one, with margin on both sides."""
-    for i in range(1, len(trace)):
+    """A delta that the score passes first at the latest possible step after the first one, with margin.
+
+    Late steps have the largest M, so sigmoid(M) is far from a constant 0.5 and the mask's shape counts.
+    """
+    for i in range(len(trace) - 1, 0, -1):
         before = max(s for _, s in trace[:i])
         t, s = trace[i]
-        if s > 2.0 * before and before > 0:
+        if s > 1.5 * before and before > 0:
             return math.sqrt(before * s), t
     raise AssertionError(f"no step's ADS score clearly exceeds all earlier ones: {trace}")
 
@@ -107,13 +120,14 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, (kwargs, _) in CASES.items():
         make_random_checkpoint(root / name, **kwargs)
         out[name] = root / name
-    # rewrite the later-step case's threshold from the oracle's own trace
-    d = out["score_later_step"]
-    trace = oracle_inspect(d, CASES["score_later_step"][1], _noise(d))["ads_trace"]
-    delta, _ = _choose_later_delta(trace)
-    cfg = json.loads((d / "glad.json").read_text())
-    cfg["input_threshold"] = delta
-    (d / "glad.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for name in DELTA_FROM_TRACE:  # rewrite the threshold from the oracle's own per-step scores
+        d = out[name]
+        trace = oracle_inspect(d, CASES[name][1], _noise(d))["ads_trace"]
+        assert len(trace) == 5, trace  # huge delta, min_step 0: ADS checked at every step
+        delta, _ = _choose_later_delta(trace)
+        cfg = json.loads((d / "glad.json").read_text())
+        cfg["input_threshold"] = delta
+        (d / "glad.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
 
@@ -153,7 +167,7 @@ def test_oracle_branches(ckpts, oracle_results):
         ts = timesteps(cfg["denoise_step"], cfg["inference_steps"])
         assert o["timesteps"] == ts == [601, 451, 301, 151, 1]
         trace = o["ads_trace"]
-        if name in ("score_first_unequal_grid", "dino_geometry_separate_adaptive"):
+        if name == "score_first_unequal_grid":
             assert o["adaptive_step"] == ts[0] and len(trace) == 1 and trace[0][1] > cfg["input_threshold"]
         elif name == "min_step_equal_grid_bidir_v":
             assert o["adaptive_step"] == 451 == next(t for t in ts if t < cfg["min_step"])
@@ -162,7 +176,7 @@ def test_oracle_branches(ckpts, oracle_results):
             assert o["adaptive_step"] is None and trace == []
         elif name == "never_fires_bright_mask":
             assert o["adaptive_step"] is None and len(trace) == len(ts)
-        elif name == "score_later_step":
+        elif name in DELTA_FROM_TRACE:
             assert o["adaptive_step"] not in (None, ts[0])
             assert trace[-1][0] == o["adaptive_step"] and trace[-1][1] > cfg["input_threshold"]
             assert all(s < cfg["input_threshold"] for _, s in trace[:-1])
@@ -184,9 +198,15 @@ def test_oracle_geometry(ckpts):
 
 
 def test_oracle_object_mask_is_applied(ckpts, oracle_results):
+    from PIL import Image
+
     for name in ("ads_off_dark_mask", "never_fires_bright_mask"):
+        cfg, img = _cfg(ckpts[name]), CASES[name][1]
+        u = np.asarray(Image.fromarray(img).resize((cfg["resolution"],) * 2, Image.Resampling.BILINEAR))
+        mask = object_mask(u, cfg["object_mask"], cfg["dino_resolution"])
+        assert (mask < 0.5).mean() > 0.3, name  # the mask really attenuates part of the map
         amap = oracle_results[name]["anomaly_map"]
-        assert (amap < 1e-6 * amap.max()).mean() > 0.05, name  # background (far from the blob) zeroed
+        assert (amap < 1e-6 * amap.max()).mean() > 0.01, name  # and zeroes a corner
 
 
 def test_oracle_noise_none_is_seed_noise(ckpts):
@@ -322,14 +342,18 @@ def test_cosine_min_brute_force():
 def test_object_mask_dark_and_bright():
     from PIL import Image
 
-    u = np.asarray(Image.fromarray(blob_image(dark=True)).resize((64, 64), Image.Resampling.BILINEAR))
-    dark = object_mask(u, "dark", 64)
-    bright = object_mask(u, "bright", 64)
-    assert dark.shape == (64, 64) and 0 <= dark.min() and dark.max() <= 1 + 1e-6
-    cy, cx = int(24 / 50 * 64), int(33 / 70 * 64)
-    assert dark[cy, cx] > 0.9 and bright[cy, cx] < dark[cy, cx]
-    assert dark[0, -1] < 1e-6 and bright[0, -1] > 0.9  # a corner far from the blob
+    img = blob_image(dark=True, cy=24, cx=33, r2=150)  # a central dark blob, seen at 256 px
+    u = np.asarray(Image.fromarray(img).resize((256, 256), Image.Resampling.BILINEAR))
+    dark = object_mask(u, "dark", 256)
+    bright = object_mask(u, "bright", 256)
+    assert dark.shape == (256, 256) and 0 <= dark.min() and dark.max() <= 1 + 1e-6
+    cy, cx = int(24 / 50 * 256), int(33 / 70 * 256)
+    assert dark[cy, cx] > 0.99 and bright[cy, cx] < 0.05
+    assert dark[0, -1] < 1e-6 and bright[0, -1] > 0.99  # a corner far from the blob
     assert object_mask(u, "dark", 48).shape == (48, 48)
+    # at 64 px a central blob dilated by the 49 x 49 support covers everything: the mask is all ones
+    u64 = np.asarray(Image.fromarray(img).resize((64, 64), Image.Resampling.BILINEAR))
+    assert object_mask(u64, "dark", 64).min() > 0.999
 
 
 @pytest.mark.parametrize("img_size,side", [(32, 32), (32, 64), (64, 48), (64, 64)])

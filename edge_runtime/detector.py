@@ -1,0 +1,147 @@
+"""Frame -> verdict on the edge: the GLAD sampler loop over backend engines, without torch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime import adaptive, scoring
+from edge_runtime.bundle import MODEL_ROLES, Manifest, SamplerParams, load_noise, read_manifest
+from edge_runtime.engines import Engine, available_backends, load_engine
+from edge_runtime.errors import GladEdgeError
+from edge_runtime.preprocess import resize_rgb, to_model_input, to_rgb8
+from edge_runtime.result import InspectionResult
+from edge_runtime.sampler import ddim_step, noised, plan, predict_x0
+from edge_runtime.schedule import alphas_cumprod
+
+
+class Detector:
+    """One bundle loaded on one backend. ``inspect`` is not thread-safe; use one Detector per worker."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, engines: dict[str, Engine], noise: np.ndarray) -> None:
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.glad = manifest.glad
+        self.engines = engines
+        self.noise = noise
+        s = manifest.schedule
+        self.abar = alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps)
+        self.steps = plan(self.glad, manifest.sampler, self.abar)
+        self.threshold = manifest.threshold
+        self.backend = next(iter(engines.values())).backend
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path,
+        backend: str = "auto",
+        engine_options: dict | None = None,
+        sampler: SamplerParams | None = None,
+    ) -> Detector:
+        """Verify the bundle (schema, every sha256) and load its engines on ``backend``.
+
+        ``sampler`` overrides the manifest's sampler (the same graphs serve exact and fast).
+        """
+        bundle_dir = Path(bundle)
+        manifest = read_manifest(bundle_dir)
+        if sampler is not None:
+            manifest = manifest.model_copy(update={"sampler": sampler})
+        if backend == "auto":
+            formats = {m.format for m in manifest.models.values()}
+            backend = "tensorrt" if formats == {"tensorrt"} and "tensorrt" in available_backends() else "onnxruntime"
+        missing = [r for r in MODEL_ROLES if r not in manifest.models]
+        if missing:
+            raise GladEdgeError(f"{bundle_dir / 'manifest.json'}: models {missing} missing")
+        engines = {role: load_engine(backend, bundle_dir / manifest.models[role].file, engine_options)
+                   for role in MODEL_ROLES}
+        return cls(bundle_dir, manifest, engines, load_noise(bundle_dir, manifest))
+
+    # -- engine calls ---------------------------------------------------------------------------
+    def _unet(self, x_t: np.ndarray, t: int) -> np.ndarray:
+        return self.engines["unet"].run({"sample": x_t, "timestep": np.array([t], np.float32)})["eps"]
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        return self.engines["vae_decoder"].run({"latent": latents})["image"]
+
+    def _noise(self, noise: np.ndarray | None) -> np.ndarray:
+        if noise is None:
+            return self.noise
+        noise = np.asarray(noise, np.float32)
+        if list(noise.shape) != self.manifest.latent_shape:
+            raise GladEdgeError(f"noise has shape {list(noise.shape)}, expected {self.manifest.latent_shape}")
+        return noise
+
+    def inspect(self, image: np.ndarray, noise: np.ndarray | None = None) -> InspectionResult:
+        g = self.glad
+        timings: dict[str, float] = {}
+        calls = {"unet": 0, "vae_encode": 0, "vae_decode": 0, "dino_adaptive": 0, "dino": 0, "checks": 0}
+        with _timed(timings, "preprocess"):
+            u = resize_rgb(image, g.resolution)
+            x = to_model_input(u)
+            n = self._noise(noise)
+        with _timed(timings, "encode"):
+            z0 = self.engines["vae_encoder"].run({"image": x})["latent"]
+            calls["vae_encode"] += 1
+        timings["unet"] = timings["check"] = 0.0
+        x_t = noised(z0, n, float(self.abar[g.denoise_step]))
+        adaptive_step: int | None = None
+        for step in self.steps:
+            t0 = time.perf_counter()
+            eps = self._unet(x_t, step.t)
+            calls["unet"] += 2  # cond and uncond, batched inside the graph
+            timings["unet"] += (time.perf_counter() - t0) * 1000
+            x0_rec = predict_x0(x_t, eps, step.a_t)
+            x0 = x0_rec
+            if step.check and adaptive_step is None:
+                t0 = time.perf_counter()
+                x0_in = predict_x0(noised(z0, n, step.a_t), eps, step.a_t)  # eps of x_t: a released quirk
+                images = self._decode(np.concatenate([x0_in, x0_rec]))
+                feats = self.engines["dino_adaptive"].run({"image": images})["features"]
+                score, m_patch = adaptive.check(feats[0], feats[1], g.adaptive_topk)
+                decision = adaptive.decide(score, step.t, g.input_threshold, g.min_step)
+                if decision == "fuse":
+                    x0 = adaptive.fuse(x0_rec, x0_in, m_patch)
+                elif decision == "input":
+                    x0 = x0_in
+                if decision != "continue":
+                    adaptive_step = step.t
+                calls["checks"] += 1
+                calls["vae_decode"] += 2
+                calls["dino_adaptive"] += 2
+                timings["check"] += (time.perf_counter() - t0) * 1000
+            x_t = ddim_step(x0, eps, step.a_prev)
+        with _timed(timings, "decode"):
+            recon = self._decode(x_t)
+            calls["vae_decode"] += 1
+        with _timed(timings, "score"):
+            size = (g.dino_resolution, g.dino_resolution)
+            pair = scoring.imagenet_normalise(scoring.resize_ac(np.concatenate([x, recon]), size))
+            feats = self.engines["dino"].run({"image": pair})["features"]  # [2, L, P, D]
+            calls["dino"] += 2
+            mask = scoring.object_mask(u, g.object_mask) if g.object_mask else None
+            amap = scoring.anomaly_map(
+                list(feats[0]), list(feats[1]), pair[0], pair[1], resolution=g.dino_resolution,
+                bidirectional=g.bidirectional, v=g.v, blur_sigma=g.blur_sigma, mask=mask,
+            )
+            score = scoring.topk_mean(amap, g.score_topk)
+        timings["total"] = sum(timings.values())
+        return InspectionResult(
+            score=score,
+            anomaly_map=amap,
+            adaptive_step=adaptive_step,
+            reconstruction=to_rgb8(recon),
+            timings_ms=timings,
+            is_anomalous=None if self.threshold is None else bool(score > self.threshold),
+            model_calls=calls,
+        )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
