@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,3 +25,39 @@ def part_image() -> np.ndarray:
     img = np.stack([xx * 3, yy * 4, (xx + yy) * 2], axis=-1).astype(np.float64)
     img[(yy - 20) ** 2 + (xx - 30) ** 2 < 60] = 20
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# -- parity cases (tests/parity_cases.py), shared by the reference and Detector parity tests ----------
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from oracle_glad import oracle_inspect
+    from parity_cases import CASES, DELTA_FROM_TRACE, choose_later_delta, parity_noise
+
+    from model_export.factory import make_random_checkpoint
+
+    root = tmp_path_factory.mktemp("parity")
+    out = {}
+    for name, (kwargs, _) in CASES.items():
+        make_random_checkpoint(root / name, **kwargs)
+        out[name] = root / name
+    for name in DELTA_FROM_TRACE:  # rewrite the threshold from the oracle's own per-step scores
+        d = out[name]
+        trace = oracle_inspect(d, CASES[name][1], parity_noise(d))["ads_trace"]
+        assert len(trace) == 5, trace  # huge delta, min_step 0: ADS checked at every step
+        delta, _ = choose_later_delta(trace)
+        cfg = json.loads((d / "glad.json").read_text())
+        cfg["input_threshold"] = delta
+        (d / "glad.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def oracle_results(ckpts: dict[str, Path]) -> dict[str, dict]:
+    from oracle_glad import oracle_inspect
+    from parity_cases import CASES, parity_noise
+
+    return {name: oracle_inspect(d, CASES[name][1], parity_noise(d)) for name, d in ckpts.items()}
+
+
