@@ -81,12 +81,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("inspect", help="inspect images; one JSON line per image")
-    p.add_argument("model", type=Path, help="checkpoint directory (PyTorch reference) or bundle")
+    p = sub.add_parser("inspect", help="inspect images; one JSON line per image",
+                       description="Inspect images with a bundle (edge runtime) or a checkpoint directory "
+                       "(PyTorch reference). Prints one JSON line per image.")
+    p.add_argument("model", type=Path, help="bundle directory, or checkpoint directory (has glad.json)")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--heatmaps", type=Path, help="folder for anomaly-map PNGs")
-    p.add_argument("--device", default="cpu", help="torch device for a checkpoint (cpu, cuda)")
+    p.add_argument("--device", default=None, help="torch device for a checkpoint (default: cuda if present, else cpu)")
+    _add_runtime_options(p)
+
+    p = sub.add_parser("bench", help="time a bundle; exact and fast samplers side by side",
+                       description="Run a bundle on a synthetic part and report per-stage ms (medians), model "
+                       "calls, FLOPs counted from the graphs, and exact/fast ratios measured in the same run.")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--samplers", default="exact,fast", help="comma-separated: exact, fast (default: both)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_runtime_options(p, sampler=False)
     return parser
+
+
+def _add_runtime_options(p: argparse.ArgumentParser, sampler: bool = True) -> None:
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
+    p.add_argument("--spinning", action="store_true", help="let onnxruntime threads spin (off: faster on busy boxes)")
+    p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="onnxruntime graph optimisation level (default: all)")
+    p.add_argument("--providers", default="cpu", help="onnxruntime execution providers, comma-separated: cpu, cuda, "
+                   "tensorrt (the GPU ones need onnxruntime-gpu)")
+    if sampler:
+        p.add_argument("--sampler", choices=["exact", "fast"], help="override the bundle's sampler")
+    p.add_argument("--steps", type=int, help="fast sampler: number of steps")
+    p.add_argument("--check-every", type=int, help="fast sampler: run the adaptive check every K steps")
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    return {"intra_op_threads": args.threads, "allow_spinning": args.spinning,
+            "graph_optimization": args.graph_optimization,
+            "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip())}
 
 
 def _cmd_import_glad(args: argparse.Namespace) -> int:
@@ -140,24 +173,62 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from edge_runtime.images import read_rgb, write_heatmap
-
+def _load_inspector(args: argparse.Namespace) -> tuple[object, float | None]:
     if (args.model / "glad.json").is_file():
         from model_export.reference import GladReference
 
-        model = GladReference.load(args.model, device=args.device)
-    else:
-        raise GladEdgeError(f"{args.model}: not a checkpoint directory (no glad.json)")
+        return GladReference.load(args.model, device=args.device), None
+    from edge_runtime.detector import Detector
+    from edge_runtime.sampler import sampler_params
+
+    params = None
+    if args.sampler or args.steps or args.check_every:
+        from edge_runtime.bundle import read_manifest
+
+        glad = read_manifest(args.model, verify=False).glad
+        name = args.sampler or "fast"
+        params = sampler_params(glad, name, args.steps, args.check_every) if name == "fast" else sampler_params(glad)
+    det = Detector.load(args.model, backend=args.backend, engine_options=_engine_options(args), sampler=params)
+    return det, det.threshold
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edge_runtime.images import read_rgb, write_heatmap
+
+    model, threshold = _load_inspector(args)
     if args.heatmaps:
         args.heatmaps.mkdir(parents=True, exist_ok=True)
+    failed = 0
     for path in args.images:
-        result = model.inspect(read_rgb(path))
-        line = {"path": str(path), "score": result.score, "adaptive_step": result.adaptive_step,
-                "timings_ms": result.timings_ms}
+        try:
+            image = read_rgb(path)
+        except GladEdgeError as e:  # one bad file must not stop the batch
+            print(json.dumps({"path": str(path), "verdict": "error", "error": str(e)}), flush=True)
+            failed += 1
+            continue
+        result = model.inspect(image)
+        verdict = None if threshold is None else ("reject" if result.score > threshold else "pass")
+        line = {"path": str(path), "score": result.score, "verdict": verdict, "threshold": threshold,
+                "adaptive_step": result.adaptive_step,
+                "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()}}
         if args.heatmaps:
             write_heatmap(args.heatmaps / f"{path.stem}.png", result.anomaly_map)
         print(json.dumps(line), flush=True)
+    return 1 if failed else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edge_runtime.bench import format_report, run_bench
+
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = sorted(set(samplers) - {"exact", "fast"})
+    if unknown or not samplers:
+        raise GladEdgeError(f"--samplers: unknown sampler(s) {unknown} (exact, fast)")
+    if args.runs < 1:
+        raise GladEdgeError("--runs must be >= 1")
+    report = run_bench(args.bundle, samplers, runs=args.runs, warmup=args.warmup, steps=args.steps,
+                       check_every=args.check_every, backend=args.backend, engine_options=_engine_options(args))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -166,6 +237,7 @@ COMMANDS = {
     "export": _cmd_export,
     "make-checkpoint": _cmd_make_checkpoint,
     "inspect": _cmd_inspect,
+    "bench": _cmd_bench,
 }
 
 
@@ -176,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GladEdgeError as e:
         print(f"glad-edge {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # argument combinations the library refuses (e.g. --steps with exact)
+        print(f"glad-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"glad-edge {args.command}: interrupted", file=sys.stderr)
         return 130

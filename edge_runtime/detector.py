@@ -62,7 +62,11 @@ class Detector:
 
     # -- engine calls ---------------------------------------------------------------------------
     def _unet(self, x_t: np.ndarray, t: int) -> np.ndarray:
-        return self.engines["unet"].run({"sample": x_t, "timestep": np.array([t], np.float32)})["eps"]
+        out = self.engines["unet"].run({"sample": x_t, "timestep": np.array([t], np.float32)})
+        if "eps" in out:  # guidance inside the graph
+            return out["eps"]
+        eps_u, eps_c = out["eps_pair"][:1], out["eps_pair"][1:]  # batch-2 graph, uncond first
+        return (eps_u + np.float32(self.glad.guidance_scale) * (eps_c - eps_u)).astype(np.float32)
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         return self.engines["vae_decoder"].run({"latent": latents})["image"]

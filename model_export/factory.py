@@ -127,3 +127,79 @@ def make_random_checkpoint(
     if directory is not None:
         save_checkpoint(ckpt, directory)
     return ckpt
+
+
+# -- the published geometry ------------------------------------------------------------------------
+# Stable Diffusion 1.4's UNet and VAE configurations (diffusers layout), and DINO ViT-B/8: the shapes
+# GLAD runs at 512 px. Random weights, so FLOP counts and timings are real while the outputs are not.
+SD14_UNET_CONFIG: dict[str, Any] = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+SD14_VAE_CONFIG: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=SD_SCALING_FACTOR,
+)
+DINO_VITB8_CONFIG: dict[str, Any] = dict(patch_size=8, embed_dim=768, depth=12, num_heads=12, img_size=224)
+MVTEC_GLAD_DEFAULTS: dict[str, Any] = dict(
+    resolution=512,
+    dino_resolution=256,
+    denoise_step=750,
+    inference_steps=25,
+    guidance_scale=9.0,
+    min_step=350,
+    input_threshold=0.32,
+    v=0.0,
+    dino_layers=[3, 6, 9, 12],
+    adaptive_layer=12,
+    adaptive_topk=10,
+    blur_sigma=6.0,
+    score_topk=250,
+)
+
+
+def make_full_geometry_checkpoint(directory: str | Path | None = None, *, seed: int = 0, **glad: Any) -> Checkpoint:
+    """A random checkpoint with GLAD's real architectures at 512 px: SD 1.4 UNet (860M parameters,
+    latent 4 x 64 x 64), SD AutoencoderKL (/8), DINO ViT-B/8, prompt embeddings [1, 77, 768], and the
+    MVTec-AD glad.json defaults (``glad`` overrides them). Default torch initialisation: cheap, and the
+    weights' values do not matter for FLOPs or timings. Saved (about 4 GB in fp32) when ``directory`` is
+    given."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel(**SD14_UNET_CONFIG).eval()
+    vae = AutoencoderKL(**SD14_VAE_CONFIG).eval()
+    dino = DinoViT(DinoConfig(**DINO_VITB8_CONFIG))
+    with torch.no_grad():
+        dino.cls_token.normal_(0, 0.02, generator=g)
+        dino.pos_embed.normal_(0, 0.02, generator=g)
+    dim = SD14_UNET_CONFIG["cross_attention_dim"]
+    config = {**MVTEC_GLAD_DEFAULTS, "noise_seed": seed, **glad}
+    ckpt = Checkpoint(
+        config=GladConfig(**config),
+        unet=unet,
+        vae=vae,
+        cond=torch.randn(1, 77, dim, generator=g),
+        uncond=torch.randn(1, 77, dim, generator=g),
+        dino=dino.eval(),
+        scheduler_config=sd_scheduler_config(),
+    )
+    ckpt.validate()
+    if directory is not None:
+        save_checkpoint(ckpt, directory)
+    return ckpt

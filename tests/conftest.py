@@ -61,3 +61,11 @@ def oracle_results(ckpts: dict[str, Path]) -> dict[str, dict]:
     return {name: oracle_inspect(d, CASES[name][1], parity_noise(d)) for name, d in ckpts.items()}
 
 
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_ckpt_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small checkpoint exported with default options."""
+    from model_export.onnx_export import export_bundle
+
+    return export_bundle(small_ckpt_dir, tmp_path_factory.mktemp("bundle") / "small", progress=False)

@@ -1,0 +1,92 @@
+"""``glad-edge bench``: timed runs of one bundle, several samplers side by side in one process."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle import read_manifest
+from edge_runtime.cost import flops_per_part
+from edge_runtime.sampler import sampler_params
+
+
+def bench_image(seed: int = 0, size: int = 384) -> np.ndarray:
+    """A smooth synthetic part, so timings do not depend on a file."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([xx, yy, (xx + yy) / 2], -1) * 200 + rng.normal(0, 4, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def run_bench(
+    bundle: str | Path,
+    samplers: list[str],
+    runs: int = 3,
+    warmup: int = 1,
+    steps: int | None = None,
+    check_every: int | None = None,
+    backend: str = "auto",
+    engine_options: dict | None = None,
+    image: np.ndarray | None = None,
+) -> dict[str, Any]:
+    from edge_runtime.detector import Detector
+
+    manifest = read_manifest(bundle)
+    image = bench_image() if image is None else image
+    report: dict[str, Any] = {"bundle": str(bundle), "runs": runs, "samplers": {}}
+    detectors = {}
+    for name in samplers:
+        params = sampler_params(manifest.glad, name, steps if name == "fast" else None,
+                                check_every if name == "fast" else None)
+        detectors[name] = Detector.load(bundle, backend=backend, engine_options=engine_options, sampler=params)
+    # interleave samplers run by run, so a machine that slows down affects all of them alike
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in samplers}
+    last = {}
+    for i in range(warmup + runs):
+        for name, det in detectors.items():
+            result = det.inspect(image)
+            last[name] = result
+            if i >= warmup:
+                samples[name].append(result.timings_ms)
+    for name, det in detectors.items():
+        stages = sorted({k for s in samples[name] for k in s})
+        res = last[name]
+        has_flops = all(m.flops for m in det.manifest.models.values())
+        report["samplers"][name] = {
+            "sampler": det.manifest.sampler.model_dump(),
+            "backend": det.backend,
+            "ms_median": {k: statistics.median(s.get(k, 0.0) for s in samples[name]) for k in stages},
+            "model_calls": res.model_calls,
+            "adaptive_step": res.adaptive_step,
+            "flops_good_part": flops_per_part(det.manifest) if has_flops else None,
+            "flops_this_part": flops_per_part(det.manifest, checks=res.model_calls["checks"]) if has_flops else None,
+        }
+    if {"exact", "fast"} <= set(report["samplers"]):
+        e, f = report["samplers"]["exact"], report["samplers"]["fast"]
+        report["exact_over_fast"] = {
+            "wall_time": e["ms_median"]["total"] / f["ms_median"]["total"],
+            "flops_good_part": (e["flops_good_part"]["total"] / f["flops_good_part"]["total"]
+                                if e["flops_good_part"] else None),
+        }
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"bundle {report['bundle']}  ({report['runs']} runs, medians)"]
+    for name, r in report["samplers"].items():
+        ms = r["ms_median"]
+        fl = r["flops_good_part"]
+        lines.append(
+            f"  {name:6s} steps={r['sampler']['inference_steps']:<3d} check_every={r['sampler']['check_every']:<2d} "
+            f"total {ms['total']:9.1f} ms  (unet {ms.get('unet', 0):.1f}, check {ms.get('check', 0):.1f}, "
+            f"score {ms.get('score', 0):.1f})  checks={r['model_calls']['checks']}"
+            + (f"  good-part {fl['total'] / 1e9:.2f} GFLOP" if fl else "")
+        )
+    if "exact_over_fast" in report:
+        ratio = report["exact_over_fast"]
+        fl = f", FLOPs per good part {ratio['flops_good_part']:.2f}x" if ratio["flops_good_part"] else ""
+        lines.append(f"  exact / fast: wall time {ratio['wall_time']:.2f}x{fl}")
+    return "\n".join(lines)
