@@ -170,18 +170,25 @@ def check_state_dict(
         for k in set(expected) & set(state)
         if tuple(state[k].shape) != tuple(expected[k].shape)
     )
+    raise_key_problems(source, missing, unexpected, shapes)
+
+
+def raise_key_problems(
+    source: str | Path, missing: list[str], unexpected: list[str], shapes: list[str], note: str = ""
+) -> None:
+    """One error line naming the file and its missing / unexpected / mis-shaped keys (if any)."""
     problems = []
     if missing:
-        problems.append(f"missing keys {_short(missing)}")
+        problems.append(f"missing keys {short_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
+        problems.append(f"unexpected keys {short_list(unexpected)}")
     if shapes:
-        problems.append(f"wrong shapes {_short(shapes)}")
+        problems.append(f"wrong shapes {short_list(shapes)}")
     if problems:
-        raise GladEdgeError(f"{source}: " + "; ".join(problems))
+        raise GladEdgeError(f"{source}: " + "; ".join(problems) + note)
 
 
-def _short(items: list[str], limit: int = 8) -> str:
+def short_list(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
 

@@ -63,7 +63,14 @@ from torch import nn
 
 from edge_runtime.errors import GladEdgeError
 from model_export.checkpoint import Checkpoint, save_checkpoint
-from model_export.dino import DinoViT, check_state_dict, dino_from_state_dict, load_dino
+from model_export.dino import (
+    DinoViT,
+    check_state_dict,
+    dino_from_state_dict,
+    load_dino,
+    raise_key_problems,
+    short_list,
+)
 from model_export.presets import preset_config, preset_notes
 
 PROMPT = "a photo of sks"
@@ -134,8 +141,8 @@ def _as_state_dict(obj: Any, path: Path, wrappers: tuple[str, ...]) -> dict[str,
         if obj and not bad:
             return dict(obj)
         if bad and len(bad) < len(obj):
-            raise GladEdgeError(f"{path}: not a state dict: non-tensor entries {_short(sorted(bad))}")
-        keys = _short(sorted(str(k) for k in obj))
+            raise GladEdgeError(f"{path}: not a state dict: non-tensor entries {short_list(sorted(bad))}")
+        keys = short_list(sorted(str(k) for k in obj))
         raise GladEdgeError(f"{path}: not a state dict (top-level keys {keys}; expected tensors"
                             + (f" or one of {list(wrappers)}" if wrappers else "") + ")")
     raise GladEdgeError(f"{path}: not a state dict (a {type(obj).__name__})")
@@ -159,11 +166,6 @@ def _as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             v = v.clone()  # a view into a larger (or shared) storage: safetensors refuses to save those
         out[k] = v
     return out
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
 # --------------------------------------------------------------------------------------- model building
@@ -325,15 +327,7 @@ def convert_ldm_vae(vae: nn.Module, ldm: Mapping[str, torch.Tensor], source: Pat
         if tuple(value.shape) != want:
             shapes.append(f"{ldm_key} {tuple(ldm[ldm_key].shape)} != {want}")
         state[key] = value
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
-    if shapes:
-        problems.append(f"wrong shapes {_short(shapes)}")
-    if problems:
-        raise GladEdgeError(f"{source}: " + "; ".join(problems) + " (latent-diffusion VAE layout)")
+    raise_key_problems(source, missing, unexpected, shapes, note=" (latent-diffusion VAE layout)")
     return state
 
 

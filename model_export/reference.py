@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy import ndimage
 
+from edge_runtime import scoring
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.result import InspectionResult
 from edge_runtime.schedule import prev_alpha
@@ -45,10 +44,7 @@ def resize_ac(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    k = 2 * int(4 * sigma + 0.5) + 1
-    x = torch.arange(-(k // 2), k // 2 + 1, dtype=torch.float64)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return (kernel / kernel.sum()).float()
+    return torch.from_numpy(scoring.gaussian_kernel1d(sigma).copy())
 
 
 def gaussian_blur(a: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -75,17 +71,6 @@ def cosine_min(queries: torch.Tensor, keys: torch.Tensor, chunk: int = 1024) -> 
 def topk_mean(values: torch.Tensor, k: int) -> float:
     flat = values.reshape(-1)
     return float(torch.topk(flat, min(k, flat.numel())).values.mean())
-
-
-def object_mask(u: np.ndarray, kind: str) -> np.ndarray:
-    """Foreground weight from the R-resized uint8 image (released code's Otsu + double blur)."""
-    gray = cv2.cvtColor(u, cv2.COLOR_RGB2GRAY)
-    _, binary = cv2.threshold(gray, 100, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    bright = binary > 0
-    foreground = (~bright if kind == "dark" else bright).astype(np.float32)
-    m = ndimage.gaussian_filter(foreground, 6.0)
-    m = np.where(m > 0, 1.0, 0.0)
-    return ndimage.gaussian_filter(m, 6.0)
 
 
 class GladReference:
@@ -195,7 +180,7 @@ class GladReference:
             total = total + c.v * total.max() / dist.max() * dist
         total = gaussian_blur(total, c.blur_sigma)
         if c.object_mask is not None:
-            m = torch.from_numpy(object_mask(u, c.object_mask)).float().to(self.device)
+            m = torch.from_numpy(scoring.object_mask(u, c.object_mask)).float().to(self.device)
             total = total * resize_ac(m[None, None], c.dino_resolution)[0, 0]
         return total
 
