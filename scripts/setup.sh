@@ -10,3 +10,21 @@ if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2
   "$PY" -m pip install --quiet torch==2.13.0
 fi
 "$PY" -m pip install --quiet -e ".[export,dev]"
+# Debian packages the tests use: mosquitto (tests/test_mqtt_outbox.py starts its own broker on a free
+# 127.0.0.1 port) and socat. A broker service that this step installs is stopped and disabled at once, so
+# nothing holds port 1883; a mosquitto that was installed before is left alone.
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+if ! have mosquitto || ! have socat; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  had_mosquitto=0; have mosquitto && had_mosquitto=1
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto socat >/dev/null
+  if [ "$had_mosquitto" = 0 ]; then
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/mosquitto ]; then
+      $SUDO /etc/init.d/mosquitto stop >/dev/null 2>&1 || true
+      $SUDO update-rc.d mosquitto disable >/dev/null 2>&1 || true
+    fi
+  fi
+fi

@@ -1,0 +1,228 @@
+"""Durable outbox of verdict messages: SQLite in WAL mode, one fsync per commit.
+
+A verdict is written here before anything is sent, and deleted only once the broker has
+acknowledged it (PUBACK), so a crash, ``kill -9``, power cut or broker outage loses nothing that
+:meth:`Outbox.put` has returned for.
+
+``seq`` numbering: the next number lives in the database (table ``meta``) and is read, written
+into the message and advanced in the same transaction that inserts the row. A committed seq is
+therefore never reused, also across restarts and crashes; seq starts at 1 and grows by exactly one
+per committed message. (A put that a crash interrupts before its commit leaves no row and no
+number used, and the caller never got that number back.)
+
+Bound: with ``max_rows`` set, :meth:`Outbox.put` raises :class:`OutboxFull` instead of adding a
+row; it never drops an older verdict to make room. The caller is expected to turn that error into
+an alarm (stop the line, light the stack light): verdicts are not being delivered.
+
+One process owns an outbox at a time (an ``flock`` on ``<path>.lock``, released by the kernel even
+on ``kill -9``); a second owner gets :class:`OutboxLocked`. Within the owner, every method is
+thread-safe (one connection, one lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["Outbox", "OutboxError", "OutboxFull", "OutboxLocked", "encode_message"]
+
+_SCHEMA = 1
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot do what was asked."""
+
+
+class OutboxFull(OutboxError):
+    """``max_rows`` unsent messages are waiting: nothing was added. Raise an alarm."""
+
+
+class OutboxLocked(OutboxError):
+    """Another process owns this outbox."""
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON. NaN/Infinity are refused (ValueError): they are not JSON."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+class Outbox:
+    """Durable FIFO of JSON messages keyed by ``seq`` (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_rows: int | None = None) -> None:
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise OutboxLocked(f"outbox {self.path} is in use by another process") from None
+        try:
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._init_db()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _init_db(self) -> None:
+        db = self._conn()
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"outbox {self.path}: SQLite refused WAL mode (got {mode!r})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox "
+                "(seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, created REAL NOT NULL)"
+            )
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (_SCHEMA,))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', 1)")
+            schema = self._meta(db, "schema")
+            if schema != _SCHEMA:
+                raise OutboxError(f"outbox {self.path}: schema {schema}, this code reads {_SCHEMA}")
+            # Defensive: never hand out a number at or below one that is stored.
+            max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+            if self._meta(db, "next_seq") <= max_seq:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (max_seq + 1,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._rows = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> int:
+        return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise OutboxError(f"outbox {self.path} is closed")
+        return self._db
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def put(self, message: dict[str, Any]) -> int:
+        """Store ``message`` with the next ``seq`` written into it; return that seq once it is on disk.
+
+        Raises OutboxFull (nothing stored) when ``max_rows`` messages are waiting, ValueError/TypeError
+        (nothing stored, no seq used) when the message is not JSON-serialisable.
+        """
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, got {type(message).__name__}")
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if self.max_rows is not None and self._rows >= self.max_rows:
+                    oldest = db.execute("SELECT MIN(created) FROM outbox").fetchone()[0]
+                    age = f", the oldest waiting {time.time() - oldest:.0f} s" if oldest is not None else ""
+                    raise OutboxFull(
+                        f"outbox {self.path} is full: {self._rows} unsent messages (max_rows={self.max_rows}){age}; "
+                        "verdicts are not reaching the broker"
+                    )
+                seq = self._meta(db, "next_seq")
+                payload = encode_message({**message, "seq": seq})
+                db.execute("INSERT INTO outbox (seq, payload, created) VALUES (?, ?, ?)", (seq, payload, time.time()))
+                db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._rows += 1
+            return seq
+
+    def pending(self, limit: int = 100, *, after: int = 0) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` stored messages with seq > ``after``, in seq order, as ``(seq, payload)``."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            rows = (
+                self._conn()
+                .execute("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+                .fetchall()
+            )
+        return [(int(s), bytes(p)) for s, p in rows]
+
+    def ack(self, seq: int) -> bool:
+        """Delete message ``seq`` (delivered). False when it was not stored (already acked)."""
+        return self.ack_many((seq,)) == 1
+
+    def ack_many(self, seqs: Iterable[int]) -> int:
+        """Delete several delivered messages in one transaction; return how many were stored."""
+        seqs = [(int(s),) for s in seqs]
+        if not seqs:
+            return 0
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                before = db.total_changes
+                db.executemany("DELETE FROM outbox WHERE seq = ?", seqs)
+                deleted = db.total_changes - before
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._rows -= deleted
+            return deleted
+
+    def count(self) -> int:
+        """Messages stored and not yet acked."""
+        with self._lock:
+            self._conn()
+            return self._rows
+
+    def last_seq(self) -> int:
+        """The highest seq ever handed out (0 before the first put)."""
+        with self._lock:
+            return self._meta(self._conn(), "next_seq") - 1
+
+    def oldest_age_s(self) -> float | None:
+        """Seconds since the oldest waiting message was stored; None when empty."""
+        with self._lock:
+            oldest = self._conn().execute("SELECT MIN(created) FROM outbox").fetchone()[0]
+        return None if oldest is None else max(0.0, time.time() - oldest)
+
+    def close(self) -> None:
+        with self._lock:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+                self._db = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_db", None) is None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r}, max_rows={self.max_rows})"
