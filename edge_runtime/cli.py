@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device for a checkpoint (default: cuda if present, else cpu)")
     _add_runtime_options(p)
 
+    p = sub.add_parser("demo", help="build the demo line and run it (the README's main command)",
+                       description="Build (or reuse) the demo dataset, train the small GLAD model on CPU, export and "
+                       "calibrate its bundle, then run the test parts through the line with the exact and fast "
+                       "samplers. Writes DIR/summary.json and prints a table.")
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output and cache folder (default out/demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("bench", help="time a bundle; exact and fast samplers side by side",
                        description="Run a bundle on a synthetic part and report per-stage ms (medians), model "
                        "calls, FLOPs counted from the graphs, and exact/fast ratios measured in the same run.")
@@ -99,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplers", default="exact,fast", help="comma-separated: exact, fast (default: both)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_runtime_options(p, sampler=False)
+
+    p = sub.add_parser("run", help="the line-side service: camera -> detector -> verdicts (MQTT, serial, Modbus)",
+                       description="Run the station: capture parts, inspect each one, publish one verdict per part "
+                       "and drive the reject outputs, until SIGTERM or the end of a file/folder source. "
+                       "See docs/operations.md for the config keys.")
+    p.add_argument("--config", required=True, type=Path, help="station YAML (see examples/station-*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, value parsed as YAML (repeatable), "
+                   "e.g. --set pipeline.deadline_ms=500")
+    p.add_argument("--check", action="store_true", help="validate the config, load the bundle, open the camera, exit")
     return parser
 
 
@@ -217,6 +234,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from calibration.demo import run_demo
+
+    run_demo(args.out, progress=not args.quiet)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edge_runtime.bench import format_report, run_bench
 
@@ -232,12 +256,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_runtime.service.service import run_service
+
+    return run_service(args.config, args.overrides, check=args.check)
+
+
 COMMANDS = {
     "import-glad": _cmd_import_glad,
     "export": _cmd_export,
     "make-checkpoint": _cmd_make_checkpoint,
     "inspect": _cmd_inspect,
     "bench": _cmd_bench,
+    "demo": _cmd_demo,
+    "run": _cmd_run,
 }
 
 

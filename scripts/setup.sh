@@ -28,3 +28,10 @@ if ! have mosquitto || ! have socat; then
     fi
   fi
 fi
+# systemd-analyze (Debian package systemd): tests/test_service_systemd.py checks systemd/glad-edge.service
+# with `systemd-analyze verify`. Only the tool is needed; nothing is started.
+if ! command -v systemd-analyze >/dev/null; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
