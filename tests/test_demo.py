@@ -1,0 +1,34 @@
+"""The demo command end to end on a shrunken dataset and a few training steps (numbers are not judged
+here: docs/benchmarks.md has the real demo's measurements)."""
+
+from __future__ import annotations
+
+import json
+
+from calibration.demo import format_summary, run_demo
+from edge_runtime.bundle import read_manifest
+
+
+def test_demo_end_to_end_small(tmp_path):
+    from model_export.train.build import TrainSettings
+
+    settings = TrainSettings(vae_steps=3, unet_steps=3, dino="random", glad={"inference_steps": 5})
+    opts = dict(n_train=16, n_test_good=4, n_per_defect=2)
+    summary = run_demo(tmp_path, progress=False, settings=settings, dataset_options=opts, n_calibration=6)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert set(on_disk) >= {"exact", "fast"}
+    for name in ("exact", "fast"):
+        s = on_disk[name]
+        assert s["parts"] == 4 + 2 * 5
+        n_bad = 10
+        assert s["rejects"] == s["false_rejects"] + (n_bad - s["escapes"])
+        assert 0.0 <= s["i_auroc"] <= 1.0 and 0.0 <= s["p_auroc"] <= 1.0
+        assert s["ms_per_part"] > 0 and s["sampler"]["name"] == name
+        m = read_manifest(tmp_path / f"bundle-{name}")
+        assert m.threshold == s["threshold"] and m.sampler.name == name
+    assert on_disk["fast"]["sampler"]["inference_steps"] < on_disk["exact"]["sampler"]["inference_steps"]
+    assert "exact (5 steps)" in format_summary(summary)
+    # a second run reuses every cache: same thresholds, same scores
+    again = run_demo(tmp_path, progress=False, settings=settings, dataset_options=opts, n_calibration=6)
+    assert again["exact"]["threshold"] == summary["exact"]["threshold"]
+    assert again["exact"]["i_auroc"] == summary["exact"]["i_auroc"]
