@@ -1,8 +1,10 @@
-"""``glad-edge demo``: dataset -> trained model -> bundle -> threshold -> a simulated line, for both
-samplers, with a summary a line engineer can read. Every stage is cached under the output folder."""
+"""``glad-edge demo``: dataset -> trained model -> bundle -> threshold -> the line-side service fed by a
+simulated camera, for both samplers, with a summary a line engineer can read. Every stage but the line
+run is cached under the output folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -75,45 +77,99 @@ def _calibrate(bundle: Path, images: list[np.ndarray], progress: bool) -> float:
     return threshold
 
 
-def run_line(bundle: Path, dataset: Path, progress: bool) -> dict[str, Any]:
-    """Inspect every test part as a simulated camera would deliver it; count verdicts and metrics."""
+class _RecordingDetector:
+    """Wraps the service's Detector to keep each part's map for the pixel metrics (keyed by pixels)."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+        self.results: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.detector, name)
+
+    def inspect(self, image: np.ndarray, noise: np.ndarray | None = None) -> Any:
+        result = self.detector.inspect(image, noise)
+        self.results[_key(image)] = result
+        return result
+
+
+def _key(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def run_line(bundle: Path, dataset: Path, work: Path, progress: bool) -> dict[str, Any]:
+    """The test parts go through the line-side service (``edge_runtime.service``) as a camera would deliver
+    them: an image-folder source, one verdict per part, fail-safe outputs. Verdict counts come from the
+    service's verdict messages; the metrics from the maps the Detector computed for those same parts."""
     from edge_runtime.detector import Detector
     from edge_runtime.images import read_rgb
+    from edge_runtime.service.config import ServiceConfig
+    from edge_runtime.service.service import Service
 
-    det = Detector.load(bundle)
     items = demo_data.list_test_set(dataset)
+    parts = work / "parts"
+    if parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    by_name: dict[str, tuple[Path, Path | None, str]] = {}
+    for i, (path, mask, kind) in enumerate(items):
+        name = f"{i:04d}_{kind}_{path.stem}.png"
+        shutil.copyfile(path, parts / name)
+        by_name[name] = (path, mask, kind)
+    cfg = ServiceConfig.model_validate({
+        "station": "demo",
+        "bundle": str(bundle),
+        "camera": {"name": "demo-cam", "source": str(parts), "stop_at_end": True},
+        "pipeline": {"overload": "wait"},
+        "mqtt": None,
+        "storage": {"state_dir": str(work / "state"), "rejects_dir": str(work / "rejects"), "quota_mb": 50},
+        "metrics": {"port": None},
+        "logging": {"verdicts": False, "level": "warning"},
+    })
+    recorder = _RecordingDetector(Detector.load(bundle))
+    verdicts: list[dict[str, Any]] = []
+    bar = tqdm(total=len(items), desc=f"line ({recorder.manifest.sampler.name})", disable=not progress, unit="part")
+
+    def listen(message: dict[str, Any]) -> None:
+        verdicts.append(message)
+        bar.update()
+
+    code = Service(cfg, listeners=[listen], setup_logs=False, detectors=[recorder]).run(install_signals=False)
+    bar.close()
+    if code != 0 or len(verdicts) != len(items):
+        raise RuntimeError(f"the service ended with code {code} after {len(verdicts)} of {len(items)} verdicts")
+    counts = {"pass": 0, "reject": 0, "error": 0}
+    false_rejects = escapes = 0
+    for v in verdicts:
+        bad = by_name[v["source"]][2] != "good"
+        counts[v["verdict"]] += 1
+        false_rejects += v["verdict"] != "pass" and not bad
+        escapes += v["verdict"] == "pass" and bad
     scores, labels, maps, masks, times = [], [], [], [], []
-    rejects = false_rejects = escapes = 0
-    for path, mask_path, kind in tqdm(items, desc=f"line ({det.manifest.sampler.name})", disable=not progress,
-                                      unit="part"):
+    for path, mask_path, kind in items:
         image = read_rgb(path)
-        t0 = time.perf_counter()
-        result = det.inspect(image)
-        times.append((time.perf_counter() - t0) * 1000)
-        bad = kind != "good"
-        rejects += bool(result.is_anomalous)
-        false_rejects += bool(result.is_anomalous) and not bad
-        escapes += (not result.is_anomalous) and bad
+        result = recorder.results[_key(image)]
         scores.append(result.score)
-        labels.append(int(bad))
-        mask = (read_rgb(mask_path)[..., 0] > 127) if mask_path else np.zeros(image.shape[:2], bool)
+        labels.append(int(kind != "good"))
         maps.append(result.anomaly_map)
-        masks.append(mask)
+        masks.append((read_rgb(mask_path)[..., 0] > 127) if mask_path else np.zeros(image.shape[:2], bool))
+        times.append(result.timings_ms["total"])
     h, w = masks[0].shape
     maps_arr = resize_maps_bilinear(np.stack(maps), (h, w))
     masks_arr = np.stack([resize_mask_nearest(m, (h, w)) for m in masks])
     metrics = compute_metrics(np.array(scores), np.array(labels), maps_arr, masks_arr)
     return {
-        "parts": len(items),
-        "rejects": rejects,
+        "parts": len(verdicts),
+        "rejects": counts["reject"] + counts["error"],  # an error fires the reject output (fail-safe)
+        "errors": counts["error"],
         "false_rejects": false_rejects,
         "escapes": escapes,
         "i_auroc": metrics["i_auroc"],
         "p_auroc": metrics["p_auroc"],
         "pro": metrics["pro"],
         "ms_per_part": statistics.median(times),
-        "threshold": det.threshold,
-        "sampler": det.manifest.sampler.model_dump(),
+        "threshold": recorder.threshold,
+        "sampler": recorder.manifest.sampler.model_dump(),
         "metrics": metrics,
     }
 
@@ -158,7 +214,7 @@ def run_demo(
         bundle = _sampler_bundle(base, out / f"bundle-{name}", name)
         threshold = _calibrate(bundle, calib, progress)
         _log(f"{name}: threshold {threshold:.4f} for a {TARGET_FRR:.0%} false-reject rate on {len(calib)} normal parts")
-        summary[name] = run_line(bundle, dataset, progress)
+        summary[name] = run_line(bundle, dataset, out / f"line-{name}", progress)
     summary["build_and_run_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary))
