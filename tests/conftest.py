@@ -1,17 +1,12 @@
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from service_helpers import MOSQUITTO, Broker
 
 
 @pytest.fixture(scope="session")
@@ -91,59 +86,6 @@ def score_threshold(small_bundle: Path) -> float:
 
 # -- a private Mosquitto broker (shared by the MQTT link tests and the service integration test) ---------
 # tests/test_mqtt_outbox.py defines the same fixture locally; its copy shadows this one there.
-
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-)
-
-
-class Broker:
-    """A private mosquitto: own free port on 127.0.0.1, persistence in a tmp dir (sessions survive restarts)."""
-
-    def __init__(self, root: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.root = root
-        self.conf = root / "mosquitto.conf"
-        self.log = root / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {root}/\n"
-            f"log_dest file {self.log}\n"
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"  # as root, mosquitto would drop to 'mosquitto'
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None and MOSQUITTO is not None
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()  # SIGTERM: mosquitto saves its persistence db
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -35,6 +36,68 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- MQTT: a private mosquitto ------------------------------------------------------------------------
+
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+)
+
+
+class Broker:
+    """A private mosquitto: own port, persistence in a tmp dir (keeps persistent sessions over restarts)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.conf = root / "mosquitto.conf"
+        self.log = root / "mosquitto.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {root}/\n"
+            f"log_dest file {self.log}\n"
+            # as root, mosquitto would drop to user 'mosquitto', who cannot write the tmp dir
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.proc is None
+        assert MOSQUITTO is not None
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self._log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self._log_tail()}") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # SIGTERM: mosquitto saves its persistence db
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-20:])
+        except OSError:
+            return "(no log)"
 
 
 # -- serial: socat -d -d pty,raw,echo=0,link=A pty,raw,echo=0,link=B ---------------------------------------

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pwd
-import shutil
 import signal
 import socket
 import sqlite3
@@ -28,30 +26,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
+from service_helpers import Broker, wait_for
 
 from edge_runtime.service.mqtt import MqttLink
 from edge_runtime.service.mqtt_config import MqttConfig
 from edge_runtime.service.outbox import Outbox, OutboxFull, OutboxLocked
 
 REPO = Path(__file__).resolve().parents[1]
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
-)
 PREFIX = "glad-edge"
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def dedupe(seqs: list[int]) -> list[int]:
@@ -63,81 +48,6 @@ def dedupe(seqs: list[int]) -> list[int]:
             out.append(s)
             top = s
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """A private mosquitto: own port, persistence in a tmp dir (keeps persistent sessions over restarts)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.conf = root / "mosquitto.conf"
-        self.log = root / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {root}/\n"
-            f"log_dest file {self.log}\n"
-            # as root, mosquitto would drop to user 'mosquitto', who cannot write the tmp dir
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None
-        assert MOSQUITTO is not None
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self._log_tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self._log_tail()}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()  # SIGTERM: mosquitto saves its persistence db
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log.read_text().splitlines()[-20:])
-        except OSError:
-            return "(no log)"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto binary not found (scripts/setup.sh installs the Debian package 'mosquitto')")
-    root = tmp_path / "broker"
-    root.mkdir()
-    b = Broker(root)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 class Proxy:
