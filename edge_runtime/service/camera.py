@@ -304,13 +304,16 @@ class Camera:
         self._opened = False
 
     # -- control ---------------------------------------------------------------------------------
+    def _open(self) -> None:
+        self.source.open()
+        self._opened = True
+        self._set_connected(True, "opened")
+
     def check(self) -> None:
         """Open the source once before the service reports READY. A replay source that cannot be opened is
         fatal (GladEdgeError); a live camera that is not there yet is retried by :meth:`frames`."""
         try:
-            self.source.open()
-            self._opened = True
-            self._set_connected(True, "opened")
+            self._open()
         except CameraError as e:
             if not self.live:
                 raise
@@ -388,9 +391,7 @@ class Camera:
         backoff = BackoffTimer(self.cfg.reconnect)
         if not self._opened:
             try:
-                self.source.open()
-                self._opened = True
-                self._set_connected(True, "opened")
+                self._open()
             except CameraError as e:
                 if not self.live:
                     raise
