@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, format_validation_error
@@ -33,12 +33,26 @@ class FileEntry(_Strict):
     size: int = Field(ge=0)
 
 
+class EngineTarget(_Strict):
+    """What a TensorRT engine was built for; checked (edge_runtime.engine_target) before it is deserialised,
+    because a plan from another library, version or GPU fails late and obscurely inside TensorRT."""
+
+    library: Literal["tensorrt", "tensorrt_rtx"]
+    version: str  # the builder's __version__, e.g. "10.3.0.30" or "1.7.1.116"
+    # "sm_86" form. TensorRT: the GPU it was built on; TensorRT-RTX (ahead of time): every target built for
+    compute_capabilities: list[str] = Field(min_length=1)
+    hardware_compatibility: str = "none"  # TensorRT's HardwareCompatibilityLevel, lower case
+    version_compatible: bool = False  # built with BuilderFlag.VERSION_COMPATIBLE (runs on later TensorRT)
+    strongly_typed: bool
+    precision: Literal["fp32", "fp16", "int8"]
+
+
 class ModelEntry(_Strict):
     file: str
     format: Literal["onnx", "tensorrt"] = "onnx"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     backend: str = "onnxruntime"
-    target: str | None = None  # TensorRT: GPU/compute capability the plan was built for
+    target: EngineTarget | None = None  # TensorRT engines only
     inputs: dict[str, list[int | str]] = Field(default_factory=dict)
     outputs: dict[str, list[int | str]] = Field(default_factory=dict)
     flops: dict[str, float] = Field(default_factory=dict)  # per batch size, counted from the graph
@@ -62,6 +76,15 @@ class NoiseEntry(_Strict):
     shape: list[int]
 
 
+class KernelEntry(_Strict):
+    """Custom CUDA kernels shipped with the bundle (one compiled file, hashed like the models)."""
+
+    file: str
+    targets: list[str]  # GPU architectures compiled for, e.g. ["sm_87"]
+    ptx: str | None = None  # PTX carried for JIT compilation on other GPUs, if any
+    source_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the kernel source it was compiled from
+
+
 class Manifest(_Strict):
     schema_version: int
     bundle_version: str = "0"
@@ -77,7 +100,29 @@ class Manifest(_Strict):
     noise: NoiseEntry
     threshold: float | None = None
     models: dict[str, ModelEntry]
+    # TensorRT engines built from ``models`` (glad-edge build-engines), per role; empty: none built
+    engines: dict[str, ModelEntry] = Field(default_factory=dict)
+    kernels: KernelEntry | None = None
     files: dict[str, FileEntry]
+
+    @model_validator(mode="after")
+    def _engines_complete(self) -> Manifest:
+        if not self.engines:
+            return self
+        if set(self.engines) != set(MODEL_ROLES):
+            raise ValueError(f"engines: roles {sorted(self.engines)}, expected all of {list(MODEL_ROLES)}")
+        for role, entry in self.engines.items():
+            if entry.format != "tensorrt" or entry.target is None:
+                raise ValueError(f"engines.{role}: must have format 'tensorrt' and a target")
+        return self
+
+    def named_files(self) -> set[str]:
+        """Every bundle file the manifest refers to (each must carry a sha256 entry)."""
+        names = {m.file for m in self.models.values()} | {m.file for m in self.engines.values()}
+        names.add(self.noise.file)
+        if self.kernels is not None:
+            names.add(self.kernels.file)
+        return names
 
 
 def sha256_file(path: str | Path) -> str:
@@ -93,13 +138,15 @@ def file_entry(path: str | Path) -> FileEntry:
 
 
 def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
-    """Hash every file the manifest names (models, noise) and write manifest.json."""
+    """Hash every file the manifest names (models, engines, kernels, noise) and write manifest.json."""
     d = Path(bundle_dir)
-    names = {m.file for m in manifest.models.values()} | {manifest.noise.file} | set(manifest.files)
+    names = manifest.named_files() | set(manifest.files)
     manifest.files = {name: file_entry(d / name) for name in sorted(names)}
     path = d / MANIFEST
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    # Left out while empty, so a bundle without engines or kernels still reads on runtimes older than them.
+    unused = {key for key in ("engines", "kernels") if not getattr(manifest, key)}
+    tmp.write_text(manifest.model_dump_json(indent=2, exclude=unused) + "\n")
     tmp.replace(path)
     return path
 
@@ -130,8 +177,7 @@ def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:
         raise GladEdgeError(f"{path}: {format_validation_error(e)}") from None
-    named = {m.file for m in manifest.models.values()} | {manifest.noise.file}
-    unlisted = sorted(named - set(manifest.files))
+    unlisted = sorted(manifest.named_files() - set(manifest.files))
     if unlisted:
         raise GladEdgeError(f"{path}: files {unlisted} have no sha256 entry")
     if verify:

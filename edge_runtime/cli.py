@@ -63,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", type=Path, help="GLAD checkpoint directory")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write (must not exist)")
-    p.add_argument("--backend", choices=["onnx"], default="onnx", help="model format (default onnx)")
+    p.add_argument("--backend", choices=["onnx", "tensorrt"], default="onnx",
+                   help="onnx (default): the ONNX bundle; tensorrt: the ONNX bundle plus TensorRT engines built from "
+                   "it here (engines are tied to this GPU / TensorRT version: for a Jetson, export onnx and run "
+                   "build-engines on the Jetson)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="fp16: half-precision graphs with float32 inputs/outputs (default fp32)")
+                   help="fp16: half-precision graphs (and engines) with float32 inputs/outputs (default fp32)")
     p.add_argument("--sampler", choices=["exact", "fast"], default="exact",
                    help="exact: glad.json's steps; fast: fewer steps, sparser ADS checks (default exact)")
     p.add_argument("--steps", type=int, help="inference steps of the fast sampler")
@@ -74,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graph: guidance combined inside unet.onnx (default); batch2: the runtime combines")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    _add_engine_build_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser(
+        "build-engines",
+        help="build TensorRT engines into a bundle, on the device that will run them",
+        description="Build a TensorRT engine for each model of an ONNX bundle and add them to it (engines/, listed "
+        "with their target in manifest.json, every file hashed). Engines are specific to the GPU and TensorRT "
+        "version: on a Jetson, copy the ONNX bundle to the device and run this there (JetPack's TensorRT). "
+        "TensorRT-RTX (pip install tensorrt-rtx) builds ahead of time without a GPU for the compute "
+        "capabilities given. A failed build leaves the bundle as it was.",
+    )
+    p.add_argument("bundle", type=Path, help="bundle directory (from glad-edge export)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp16",
+                   help="engine precision (default fp16; an fp32 bundle is converted on the fly, which needs the "
+                   "export extra; an fp16 bundle cannot give fp32 engines)")
+    p.add_argument("--overwrite", action="store_true", help="replace engines the bundle already has")
+    _add_engine_build_options(p)
+    p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = sub.add_parser("make-checkpoint", help="write a small random checkpoint (tests, smoke runs)")
@@ -119,8 +141,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_engine_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timing-cache", type=Path,
+                   help="TensorRT timing cache file, read and updated (default: $GLAD_EDGE_CACHE/tensorrt/"
+                   "<library>-<version>.timing-cache, GLAD_EDGE_CACHE defaulting to ~/.cache/glad-edge)")
+    p.add_argument("--no-timing-cache", action="store_true", help="build without a timing cache")
+    p.add_argument("--compute-capability", nargs="+", metavar="SM",
+                   help="TensorRT-RTX: GPUs to build for ahead of time, e.g. sm_86 sm_89 (default: its portable "
+                   "set, Ampere and later); TensorRT builds for the GPU it runs on")
+    p.add_argument("--library", choices=["tensorrt", "tensorrt_rtx"],
+                   help="TensorRT Python library to build with (default: tensorrt if importable, else tensorrt_rtx)")
+    p.add_argument("--kernels", default="nvcc", metavar="nvcc|none|FATBIN",
+                   help="CUDA kernels for the bundle: nvcc compiles them for every target (default), FATBIN ships a "
+                   "prebuilt glad_kernels.fatbin, none ships none (the TensorRT backend then refuses the bundle)")
+
+
+def _kernels(args: argparse.Namespace) -> Path | bool:
+    return {"nvcc": True, "none": False}.get(args.kernels, Path(args.kernels))
+
+
+def _timing_cache(args: argparse.Namespace) -> Path | bool:
+    if args.no_timing_cache and args.timing_cache:
+        raise GladEdgeError("--timing-cache and --no-timing-cache exclude each other")
+    return False if args.no_timing_cache else (args.timing_cache or True)
+
+
 def _add_runtime_options(p: argparse.ArgumentParser, sampler: bool = True) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "cuda-emulation"],
+                   help="auto: tensorrt where the bundle has engines and a GPU is present, else onnxruntime; "
+                   "cuda-emulation runs the GPU pipeline and kernels on the CPU (slow; for checks)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")
     p.add_argument("--spinning", action="store_true", help="let onnxruntime threads spin (off: faster on busy boxes)")
     p.add_argument("--graph-optimization", default="all", choices=["disable", "basic", "extended", "all"],
@@ -166,19 +215,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise GladEdgeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    out = export_bundle(
-        args.checkpoint,
-        args.out,
-        precision=args.precision,
-        sampler=args.sampler,
-        steps=args.steps,
-        check_every=args.check_every,
-        opset=args.opset,
-        progress=not args.quiet,
-        unet_guidance=args.unet_guidance,
-        overwrite=args.overwrite,
-    )
+    options = {"precision": args.precision, "sampler": args.sampler, "steps": args.steps,
+               "check_every": args.check_every, "opset": args.opset, "progress": not args.quiet,
+               "unet_guidance": args.unet_guidance, "overwrite": args.overwrite}
+    if args.backend == "tensorrt":
+        from model_export.tensorrt_build import export_with_engines
+
+        out = export_with_engines(args.checkpoint, args.out, timing_cache=_timing_cache(args),
+                                  compute_capabilities=args.compute_capability, library=args.library,
+                                  kernels=_kernels(args), **options)
+        print(f"wrote bundle {out} (ONNX and TensorRT {args.precision} engines)")
+        return 0
+    engine_flags = {"--timing-cache": args.timing_cache, "--no-timing-cache": args.no_timing_cache,
+                    "--compute-capability": args.compute_capability, "--library": args.library,
+                    "--kernels": args.kernels != "nvcc"}
+    given = [flag for flag, value in engine_flags.items() if value]
+    if given:
+        raise GladEdgeError(f"{', '.join(given)}: only with --backend tensorrt")
+    out = export_bundle(args.checkpoint, args.out, **options)
     print(f"wrote bundle {out}")
+    return 0
+
+
+def _cmd_build_engines(args: argparse.Namespace) -> int:
+    from model_export.tensorrt_build import build_engines
+
+    if args.workspace_mb is not None and args.workspace_mb < 1:
+        raise GladEdgeError(f"--workspace-mb must be >= 1, got {args.workspace_mb}")
+    manifest = build_engines(args.bundle, precision=args.precision, timing_cache=_timing_cache(args),
+                             compute_capabilities=args.compute_capability, workspace_mb=args.workspace_mb,
+                             progress=not args.quiet, overwrite=args.overwrite, library=args.library,
+                             kernels=_kernels(args))
+    target = manifest.engines[next(iter(manifest.engines))].target
+    assert target is not None
+    print(f"wrote {len(manifest.engines)} {args.precision} engines into {args.bundle} "
+          f"({target.library} {target.version}, {', '.join(target.compute_capabilities)})")
     return 0
 
 
@@ -265,6 +336,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = {
     "import-glad": _cmd_import_glad,
     "export": _cmd_export,
+    "build-engines": _cmd_build_engines,
     "make-checkpoint": _cmd_make_checkpoint,
     "inspect": _cmd_inspect,
     "bench": _cmd_bench,

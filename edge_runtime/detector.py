@@ -11,6 +11,8 @@ import numpy as np
 
 from edge_runtime import adaptive, scoring
 from edge_runtime.bundle import MODEL_ROLES, Manifest, SamplerParams, load_noise, read_manifest
+from edge_runtime.device import Device, HostDevice
+from edge_runtime.device_pipeline import DevicePipeline
 from edge_runtime.engines import Engine, available_backends, load_engine
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.preprocess import resize_rgb, to_model_input, to_rgb8
@@ -22,8 +24,16 @@ from edge_runtime.schedule import alphas_cumprod
 class Detector:
     """One bundle loaded on one backend. ``inspect`` is not thread-safe; use one Detector per worker."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, engines: dict[str, Engine], noise: np.ndarray) -> None:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        manifest: Manifest,
+        engines: dict[str, Engine],
+        noise: np.ndarray,
+        pipeline: DevicePipeline | None = None,
+    ) -> None:
         self.bundle_dir = bundle_dir
+        self.pipeline = pipeline  # device-resident path (TensorRT, or its CPU emulation); None: host loop
         self.manifest = manifest
         self.glad = manifest.glad
         self.engines = engines
@@ -32,7 +42,7 @@ class Detector:
         self.abar = alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps)
         self.steps = plan(self.glad, manifest.sampler, self.abar)
         self.threshold = manifest.threshold
-        self.backend = next(iter(engines.values())).backend
+        self.backend = next(iter(engines.values())).backend if engines else "tensorrt"
 
     @classmethod
     def load(
@@ -45,20 +55,44 @@ class Detector:
         """Verify the bundle (schema, every sha256) and load its engines on ``backend``.
 
         ``sampler`` overrides the manifest's sampler (the same graphs serve exact and fast).
+        Backends: ``onnxruntime`` (host loop over ONNX models), ``tensorrt`` (the bundle's engines and CUDA kernels,
+        device-resident), ``cuda-emulation`` (the TensorRT path's pipeline and kernels on the CPU, with ONNX Runtime
+        for the engines: slow, for checking that path where no GPU exists), ``auto`` (tensorrt where it can run).
         """
         bundle_dir = Path(bundle)
         manifest = read_manifest(bundle_dir)
         if sampler is not None:
             manifest = manifest.model_copy(update={"sampler": sampler})
         if backend == "auto":
-            formats = {m.format for m in manifest.models.values()}
-            backend = "tensorrt" if formats == {"tensorrt"} and "tensorrt" in available_backends() else "onnxruntime"
+            backend = "tensorrt" if manifest.engines and "tensorrt" in available_backends() else "onnxruntime"
         missing = [r for r in MODEL_ROLES if r not in manifest.models]
         if missing:
             raise GladEdgeError(f"{bundle_dir / 'manifest.json'}: models {missing} missing")
+        if backend in ("tensorrt", "cuda-emulation"):
+            return cls._load_device(bundle_dir, manifest, backend, engine_options or {})
         engines = {role: load_engine(backend, bundle_dir / manifest.models[role].file, engine_options)
                    for role in MODEL_ROLES}
         return cls(bundle_dir, manifest, engines, load_noise(bundle_dir, manifest))
+
+    @classmethod
+    def _load_device(cls, bundle_dir: Path, manifest: Manifest, backend: str, options: dict) -> Detector:
+        noise = load_noise(bundle_dir, manifest)
+        device: Device
+        if backend == "tensorrt":
+            from edge_runtime.engines.tensorrt import CudaDevice
+
+            missing = [r for r in MODEL_ROLES if r not in manifest.engines]
+            if missing:
+                raise GladEdgeError(f"{bundle_dir / 'manifest.json'}: no TensorRT engines for {missing} "
+                                    "(glad-edge build-engines BUNDLE)")
+            device = CudaDevice(bundle_dir, manifest, device_index=options.get("device_index", 0),
+                                cuda_graphs=options.get("cuda_graphs", True))
+        else:
+            ort_options = {k: v for k, v in options.items() if k != "schedule_seed"}
+            device = HostDevice(bundle_dir, manifest.models, ort_options, schedule_seed=options.get("schedule_seed"))
+        detector = cls(bundle_dir, manifest, {}, noise, pipeline=DevicePipeline(device, manifest, noise))
+        detector.backend = backend
+        return detector
 
     # -- engine calls ---------------------------------------------------------------------------
     def _unet(self, x_t: np.ndarray, t: int) -> np.ndarray:
@@ -80,6 +114,8 @@ class Detector:
         return noise
 
     def inspect(self, image: np.ndarray, noise: np.ndarray | None = None) -> InspectionResult:
+        if self.pipeline is not None:
+            return self.pipeline.inspect(image, noise)
         g = self.glad
         timings: dict[str, float] = {}
         calls = {"unet": 0, "vae_encode": 0, "vae_decode": 0, "dino_adaptive": 0, "dino": 0, "checks": 0}

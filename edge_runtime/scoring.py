@@ -100,15 +100,35 @@ def anomaly_map(
 ) -> np.ndarray:
     """Sum over layers of the upsampled cosine-min maps (+ reverse direction, + v pixel term), blurred,
     times the object mask. ``feats_*``: per layer [P, D] L2-normalised; ``*_norm``: [3, R_d, R_d]."""
+    patch_maps = []
+    for ft, fr in zip(feats_test, feats_recon, strict=True):
+        patch_maps.append(cosine_min(ft, fr))
+        if bidirectional:
+            patch_maps.append(cosine_min(fr, ft))
+    dist = np.abs(test_norm - recon_norm).mean(axis=0) if v > 0 else None
+    return map_from_patches(patch_maps, dist, resolution=resolution, v=v, blur_sigma=blur_sigma, mask=mask)
+
+
+def map_from_patches(
+    patch_maps: list[np.ndarray],
+    dist: np.ndarray | None,
+    *,
+    resolution: int,
+    v: float,
+    blur_sigma: float,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """The host side of the map, shared by every backend: ``patch_maps`` are the per-layer (and per-direction)
+    cosine-min vectors [P] in the order layer 0 (test->recon, recon->test), layer 1, ...; ``dist`` is the
+    channel-mean |test - recon| at R_d (needed when v > 0). The sum is taken in that order, as the oracle does."""
     size = (resolution, resolution)
     total = np.zeros(size, np.float32)
-    for ft, fr in zip(feats_test, feats_recon, strict=True):
-        g = int(round(ft.shape[0] ** 0.5))
-        total += resize_ac(cosine_min(ft, fr).reshape(g, g), size)
-        if bidirectional:
-            total += resize_ac(cosine_min(fr, ft).reshape(g, g), size)
+    for m in patch_maps:
+        g = int(round(m.size**0.5))
+        total += resize_ac(np.asarray(m, np.float32).reshape(g, g), size)
     if v > 0:
-        dist = np.abs(test_norm - recon_norm).mean(axis=0)
+        if dist is None:
+            raise ValueError("v > 0 needs the pixel distance map")
         total = total + np.float32(v * total.max() / dist.max()) * dist
     total = gaussian_blur(total, blur_sigma)
     if mask is not None:

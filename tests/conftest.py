@@ -66,6 +66,15 @@ def oracle_results(ckpts: dict[str, Path]) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="session")
+def bundles(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The parity checkpoints exported to ONNX bundles (default options)."""
+    from model_export.onnx_export import export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {name: export_bundle(d, root / name, progress=False) for name, d in ckpts.items()}
+
+
+@pytest.fixture(scope="session")
 def small_bundle(small_ckpt_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small checkpoint exported with default options."""
     from model_export.onnx_export import export_bundle

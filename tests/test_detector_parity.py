@@ -12,14 +12,6 @@ SCORE_RTOL = 2e-3
 MAP_RTOL = 2e-3  # of the oracle map's max
 
 
-@pytest.fixture(scope="session")
-def bundles(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from model_export.onnx_export import export_bundle
-
-    root = tmp_path_factory.mktemp("bundles")
-    return {name: export_bundle(d, root / name, progress=False) for name, d in ckpts.items()}
-
-
 @pytest.fixture(scope="module")
 def detector_results(bundles: dict[str, Path], ckpts: dict[str, Path]) -> dict:
     from edge_runtime import Detector

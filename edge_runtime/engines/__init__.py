@@ -24,6 +24,8 @@ class Engine(Protocol):
 # key -> "module:factory"; modules are imported only when chosen, so a CPU box never needs TensorRT.
 BACKENDS = {
     "onnxruntime": "edge_runtime.engines.onnxruntime:OrtEngine",
+    # options: entry (the manifest's ModelEntry) and device (a CudaDevice); Detector uses CudaDevice directly
+    "tensorrt": "edge_runtime.engines.tensorrt:TrtEngine",
 }
 
 

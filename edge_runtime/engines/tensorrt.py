@@ -1,0 +1,330 @@
+"""TensorRT backend: the bundle's engines and CUDA kernels on one GPU, through pycuda.
+
+``CudaDevice`` implements ``edge_runtime.device.Device``: device buffers allocated once, one CUDA stream for
+every engine and kernel, pinned staging for the few host transfers, and CUDA graphs for the work between two
+host decisions (``run_segment``). ``DevicePipeline`` drives it. ``TrtEngine`` is the per-model ``Engine``
+(numpy in, numpy out) used to compare single engines with ONNX Runtime.
+
+Works with TensorRT 10+ (``tensorrt``: x86 and JetPack) and TensorRT-RTX (``tensorrt_rtx``). Everything GPU
+is imported lazily: a CPU box never needs pycuda, libcuda or TensorRT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle import Manifest, ModelEntry
+from edge_runtime.device import EngineIO
+from edge_runtime.engine_target import check_target, engine_validity
+from edge_runtime.errors import GladEdgeError
+from edge_runtime.kernels import launch as kl
+
+log = logging.getLogger(__name__)
+LIBRARIES = ("tensorrt", "tensorrt_rtx")
+
+
+def is_available() -> bool:
+    """True where a TensorRT library, pycuda and a CUDA device are all present."""
+    _trt_module(None)
+    cuda = _cuda()
+    return cuda.Device.count() > 0
+
+
+def _trt_module(library: str | None) -> ModuleType:
+    for name in ([library] if library else LIBRARIES):
+        try:
+            return import_module(name)
+        except ImportError:
+            continue
+    wanted = library or " or ".join(LIBRARIES)
+    raise GladEdgeError(f"TensorRT backend: python module {wanted} is not installed (JetPack ships tensorrt; "
+                        "on x86 `pip install tensorrt` or `pip install tensorrt-rtx`)")
+
+
+def _cuda() -> Any:
+    try:
+        import pycuda.driver as cuda
+    except ImportError as e:
+        raise GladEdgeError(f"TensorRT backend: pycuda cannot be imported ({e}); build it with "
+                            "scripts/gpu-check.sh or docs/operations.md") from None
+    try:
+        cuda.init()
+    except Exception as e:  # pycuda raises its own error types
+        raise GladEdgeError(f"TensorRT backend: CUDA driver cannot start ({e})") from None
+    return cuda
+
+
+# -- buffers ----------------------------------------------------------------------------------------------
+
+
+class CudaBuffer:
+    """A device allocation, or a view into one (pointer + offset); views keep their parent alive."""
+
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype: np.dtype, owner: Any) -> None:
+        self.ptr = ptr
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        self._owner = owner
+
+    def view(self, index: int, count: int = 1) -> CudaBuffer:
+        if index < 0 or count < 1 or index + count > self.shape[0]:
+            raise IndexError(f"view {index}..{index + count} of a buffer of {self.shape[0]}")
+        item = self.nbytes // self.shape[0]
+        return CudaBuffer(self.ptr + index * item, (count, *self.shape[1:]), self.dtype, self)
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
+# -- engines ------------------------------------------------------------------------------------------------
+
+
+class _TrtModel:
+    """One deserialised engine: checked against the device, one execution context per batch size it runs at."""
+
+    def __init__(self, trt: ModuleType, runtime: Any, path: Path, entry: ModelEntry, device_cc: str) -> None:
+        self.trt = trt
+        self.path = path
+        if entry.target is None:
+            raise GladEdgeError(f"{path}: the manifest has no engine target for it (rebuild with build-engines)")
+        check_target(entry.target, library=trt.__name__, version=trt.__version__, device_cc=device_cc, file=str(path))
+        data = path.read_bytes()
+        reason = engine_validity(trt, runtime, data)
+        if reason is not None:
+            raise GladEdgeError(f"{path}: TensorRT refuses the engine on this device ({reason})")
+        self.engine = runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise GladEdgeError(f"{path}: TensorRT cannot deserialise the engine (see the log above)")
+        self.inputs: dict[str, tuple[int, ...]] = {}
+        self.outputs: dict[str, tuple[int, ...]] = {}
+        self.dynamic: set[str] = set()
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            if self.engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+                raise GladEdgeError(f"{path}: tensor {name} is {self.engine.get_tensor_dtype(name)}, expected float32 "
+                                    "I/O (export keeps fp32 I/O at every precision)")
+            shape = tuple(self.engine.get_tensor_shape(name))
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            if -1 in shape:
+                if is_input:
+                    shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # the profile's maximum
+                self.dynamic.add(name)
+            (self.inputs if is_input else self.outputs)[name] = shape
+        for name in [n for n in self.outputs if n in self.dynamic]:  # output batch follows the input's
+            batch = max(self.inputs[n][0] for n in self.inputs if n in self.dynamic)
+            self.outputs[name] = (batch, *self.outputs[name][1:])
+        self._contexts: dict[tuple, Any] = {}
+        self._runtime_config = self._make_runtime_config()
+
+    def _make_runtime_config(self) -> Any:
+        # TensorRT-RTX captures and replays its own CUDA graphs; TensorRT 10 is captured by CudaDevice instead.
+        if not hasattr(self.engine, "create_runtime_config") or not hasattr(self.trt, "CudaGraphStrategy"):
+            return None
+        config = self.engine.create_runtime_config()
+        config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        return config
+
+    @property
+    def self_graphing(self) -> bool:
+        return self._runtime_config is not None
+
+    def io(self) -> EngineIO:
+        return EngineIO(dict(self.inputs), dict(self.outputs), frozenset(self.dynamic))
+
+    def context(self, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+        key = tuple(sorted((n, s) for n, s in shapes.items() if n in self.dynamic))
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = (self.engine.create_execution_context(self._runtime_config) if self._runtime_config is not None
+                   else self.engine.create_execution_context())
+            if ctx is None:
+                raise GladEdgeError(f"{self.path}: cannot create an execution context (out of GPU memory?)")
+            for name, shape in key:
+                if not ctx.set_input_shape(name, shape):
+                    raise GladEdgeError(f"{self.path}: input {name} of shape {shape} is outside the engine's profile")
+            self._contexts[key] = ctx
+        return ctx
+
+    def enqueue(self, buffers: Mapping[str, CudaBuffer], stream_handle: int) -> None:
+        shapes = {n: b.shape for n, b in buffers.items() if n in self.inputs}
+        ctx = self.context(shapes)
+        for name, buf in buffers.items():
+            ctx.set_tensor_address(name, buf.ptr)
+        if not ctx.execute_async_v3(stream_handle):
+            raise GladEdgeError(f"{self.path}: TensorRT enqueue failed (see the log above)")
+
+
+# -- CUDA graphs through the driver API (pycuda does not wrap them) ----------------------------------------------
+
+_CAPTURE_MODE_THREAD_LOCAL = 1  # CUstreamCaptureMode in cuda.h: only this thread's calls are captured
+
+
+class _Graphs:
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL("libcuda.so.1")
+        self.execs: dict[tuple, ctypes.c_void_p] = {}
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            raise GladEdgeError(f"CUDA graph: {what} failed with CUresult {rc}")
+
+    def capture(self, key: tuple, stream_handle: int, body: Callable[[], None]) -> None:
+        s = ctypes.c_void_p(stream_handle)
+        self._check(self.lib.cuStreamBeginCapture_v2(s, _CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture")
+        graph = ctypes.c_void_p()
+        try:
+            body()
+        finally:
+            self._check(self.lib.cuStreamEndCapture(s, ctypes.byref(graph)), "cuStreamEndCapture")
+        exec_ = ctypes.c_void_p()
+        self._check(self.lib.cuGraphInstantiateWithFlags(ctypes.byref(exec_), graph, ctypes.c_ulonglong(0)),
+                    "cuGraphInstantiate")
+        self.lib.cuGraphDestroy(graph)
+        self.execs[key] = exec_
+
+    def launch(self, key: tuple, stream_handle: int) -> None:
+        self._check(self.lib.cuGraphLaunch(self.execs[key], ctypes.c_void_p(stream_handle)), "cuGraphLaunch")
+
+    def close(self) -> None:
+        for e in self.execs.values():
+            self.lib.cuGraphExecDestroy(e)
+        self.execs.clear()
+
+
+# -- the device ----------------------------------------------------------------------------------------------------
+
+
+class CudaDevice:
+    """``edge_runtime.device.Device`` on a GPU: the bundle's TensorRT engines and kernel fatbin on one stream."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, device_index: int = 0, cuda_graphs: bool = True) -> None:
+        if not manifest.engines:
+            raise GladEdgeError(f"{bundle_dir}: the bundle has no TensorRT engines (glad-edge build-engines BUNDLE)")
+        if manifest.kernels is None:
+            raise GladEdgeError(f"{bundle_dir}: the bundle has no CUDA kernels (rebuild with build-engines)")
+        cuda = self.cuda = _cuda()
+        dev = cuda.Device(device_index)
+        major, minor = dev.compute_capability()
+        self.compute_capability = f"sm_{major}{minor}"
+        self.name = f"{dev.name()} ({self.compute_capability})"
+        self.ctx = dev.retain_primary_context()
+        self.ctx.push()
+        self.stream = cuda.Stream()
+        libraries = {e.target.library for e in manifest.engines.values() if e.target is not None}
+        trt = self.trt = _trt_module(next(iter(libraries)) if len(libraries) == 1 else None)
+        self._trt_logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._trt_logger)
+        self.models = {role: _TrtModel(trt, runtime, bundle_dir / e.file, e, self.compute_capability)
+                       for role, e in manifest.engines.items()}
+        fatbin = bundle_dir / manifest.kernels.file
+        try:
+            self.module = cuda.module_from_file(str(fatbin))
+        except Exception as e:  # pycuda's LogicError on a kernel image with no code for this GPU
+            raise GladEdgeError(f"{fatbin}: cannot load the kernels on {self.name} ({e}); the bundle has "
+                                f"{', '.join(manifest.kernels.targets)}") from None
+        self.functions = {name: self.module.get_function(name).prepare(sig) for name, sig in kl.SIGNATURES.items()}
+        self._staging: dict[int, np.ndarray] = {}
+        self._graphs = _Graphs() if cuda_graphs else None
+        self._seen: set[tuple] = set()
+
+    # -- Device protocol ------------------------------------------------------------------------------------
+    def alloc(self, shape: Sequence[int], dtype: type = np.float32) -> CudaBuffer:
+        shape = tuple(int(s) for s in shape)
+        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        mem = self.cuda.mem_alloc(nbytes)
+        self.cuda.memset_d8_async(mem, 0, nbytes, self.stream)
+        return CudaBuffer(int(mem), shape, np.dtype(dtype), mem)
+
+    def upload(self, dst: CudaBuffer, host: np.ndarray) -> None:  # type: ignore[override]
+        if tuple(host.shape) != dst.shape:
+            raise GladEdgeError(f"upload of {host.shape} into a buffer of {dst.shape}")
+        stage = self._staging.get(dst.ptr)
+        if stage is None or stage.shape != dst.shape:
+            stage = self._staging[dst.ptr] = self.cuda.pagelocked_empty(dst.shape, dst.dtype)
+        # the previous copy from this staging area must be done before it is overwritten
+        self.stream.synchronize()
+        stage[...] = host
+        self.cuda.memcpy_htod_async(dst.ptr, stage, self.stream)
+
+    def download(self, src: CudaBuffer) -> np.ndarray:  # type: ignore[override]
+        out = self.cuda.pagelocked_empty(src.shape, src.dtype)
+        self.cuda.memcpy_dtoh_async(out, src.ptr, self.stream)
+        self.stream.synchronize()
+        return np.array(out)
+
+    def launch(self, kernel: str, launch: kl.Launch, args: Sequence[Any]) -> None:
+        fn = self.functions[kernel]
+        values = [a.ptr if isinstance(a, CudaBuffer) else a for a in args]
+        fn.prepared_async_call(launch.grid, launch.block, self.stream, *values, shared_size=launch.shared)
+
+    def engine_io(self, role: str) -> EngineIO:
+        return self.models[role].io()
+
+    def run_engine(self, role: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        self.models[role].enqueue({**inputs, **outputs}, self.stream.handle)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def run_segment(self, key: tuple, body: Callable[[], None]) -> None:
+        """Replay the segment's CUDA graph; the first run is eager (TensorRT initialises lazily), the second
+        is captured. TensorRT-RTX graphs its own engines, so its segments stay eager."""
+        if self._graphs is None or any(m.self_graphing for m in self.models.values()):
+            body()
+            return
+        if key in self._graphs.execs:
+            self._graphs.launch(key, self.stream.handle)
+        elif key in self._seen:
+            try:
+                self._graphs.capture(key, self.stream.handle, body)
+                self._graphs.launch(key, self.stream.handle)
+            except GladEdgeError as e:
+                log.warning("CUDA graphs off: %s", e)
+                self._graphs = None
+                body()
+        else:
+            self._seen.add(key)
+            body()
+
+    def close(self) -> None:
+        self.stream.synchronize()
+        if self._graphs is not None:
+            self._graphs.close()
+        self.ctx.pop()
+
+
+class TrtEngine:
+    """One engine as an ``Engine`` (numpy in, numpy out), for comparing single models with ONNX Runtime."""
+
+    backend = "tensorrt"
+
+    def __init__(self, path: Path, entry: ModelEntry, device: CudaDevice) -> None:
+        self.device = device
+        self.model = _TrtModel(device.trt, device.trt.Runtime(device._trt_logger), Path(path), entry,
+                               device.compute_capability)
+        self.input_names = list(self.model.inputs)
+        self.output_names = list(self.model.outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        d = self.device
+        buffers = {}
+        for name, value in feeds.items():
+            value = np.ascontiguousarray(value, np.float32)
+            buffers[name] = d.alloc(value.shape)
+            d.upload(buffers[name], value)
+        batch = max((v.shape[0] for n, v in feeds.items() if n in self.model.dynamic), default=None)
+        for name, shape in self.model.outputs.items():
+            if name in self.model.dynamic and batch is not None:
+                shape = (batch, *shape[1:])
+            buffers[name] = d.alloc(shape)
+        self.model.enqueue(buffers, d.stream.handle)
+        return {name: d.download(buffers[name]) for name in self.output_names}
