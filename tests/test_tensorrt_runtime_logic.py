@@ -1,0 +1,102 @@
+"""The parts of the TensorRT backend that are plain logic: buffer views as pointer arithmetic, and when a
+segment runs eagerly, is captured as a CUDA graph, or is replayed.
+
+A CUDA driver cannot exist on this machine, so the graph calls are replaced by a recorder (``_Recorder``)
+and ``CudaDevice`` is built without its __init__ (which needs a GPU). Everything else is the real code.
+The GPU run of the same paths is tests/test_gpu_tensorrt.py::test_cuda_graph_replay_equals_eager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from edge_runtime.engines.tensorrt import CudaBuffer, CudaDevice
+from edge_runtime.errors import GladEdgeError
+
+
+def test_views_are_pointer_offsets_of_whole_items() -> None:
+    buf = CudaBuffer(0x10000, (2, 3, 8, 8), np.dtype(np.float32), owner=None)
+    assert buf.nbytes == 2 * 3 * 8 * 8 * 4
+    one = buf.view(1)
+    assert one.ptr == 0x10000 + 3 * 8 * 8 * 4 and one.shape == (1, 3, 8, 8) and int(one) == one.ptr
+    steps = CudaBuffer(0x20000, (5,), np.dtype(np.float32), owner=None)
+    assert [steps.view(i).ptr for i in range(5)] == [0x20000 + 4 * i for i in range(5)]
+    assert steps.view(3).shape == (1,)
+    half = CudaBuffer(0x30000, (4, 10), np.dtype(np.float16), owner=None)
+    assert half.view(2, 2).ptr == 0x30000 + 2 * 10 * 2 and half.view(2, 2).shape == (2, 10)
+    for bad in ((-1, 1), (4, 1), (3, 2), (0, 0)):
+        with pytest.raises(IndexError):
+            half.view(*bad)
+
+
+class _Recorder:
+    """Stands in for the driver's graph calls (cuStreamBeginCapture ... cuGraphLaunch)."""
+
+    def __init__(self, fail_capture: bool = False) -> None:
+        self.execs: dict[tuple, str] = {}
+        self.events: list[tuple[str, tuple]] = []
+        self.fail_capture = fail_capture
+
+    def capture(self, key: tuple, stream_handle: int, body: Callable[[], None]) -> None:
+        if self.fail_capture:
+            raise GladEdgeError("CUDA graph: cuStreamBeginCapture failed with CUresult 900")
+        self.events.append(("capture", key))
+        body()
+        self.execs[key] = "exec"
+
+    def launch(self, key: tuple, stream_handle: int) -> None:
+        self.events.append(("launch", key))
+
+
+class _Stream:
+    handle = 0
+
+
+class _Model:
+    def __init__(self, self_graphing: bool) -> None:
+        self.self_graphing = self_graphing
+
+
+def _device(graphs: _Recorder | None, self_graphing: bool = False) -> CudaDevice:
+    d = CudaDevice.__new__(CudaDevice)  # no GPU here: only the attributes run_segment reads
+    d._graphs = graphs  # type: ignore[assignment]
+    d._seen = set()
+    d.stream = _Stream()
+    d.models = {"unet": _Model(self_graphing)}  # type: ignore[dict-item]
+    return d
+
+
+def test_segment_runs_eager_then_captures_then_replays() -> None:
+    rec = _Recorder()
+    d = _device(rec)
+    ran: list[int] = []
+    for _ in range(4):
+        d.run_segment(("unet", 0), lambda: ran.append(1))
+    # eager once (TensorRT initialises lazily), body run once more under capture, then replays only
+    assert len(ran) == 2
+    assert rec.events == [("capture", ("unet", 0)), ("launch", ("unet", 0)), ("launch", ("unet", 0)),
+                          ("launch", ("unet", 0))]
+    d.run_segment(("unet", 1), lambda: ran.append(2))  # another key starts over
+    assert ran[-1] == 2 and rec.events[-1] == ("launch", ("unet", 0))
+
+
+def test_failed_capture_turns_graphs_off_and_still_runs_the_work() -> None:
+    d = _device(_Recorder(fail_capture=True))
+    ran: list[int] = []
+    d.run_segment(("k",), lambda: ran.append(1))
+    d.run_segment(("k",), lambda: ran.append(1))  # capture fails: the work is done eagerly
+    d.run_segment(("k",), lambda: ran.append(1))
+    assert len(ran) == 3 and d._graphs is None
+
+
+def test_self_graphing_engines_and_graphs_off_run_eagerly() -> None:
+    for d in (_device(_Recorder(), self_graphing=True), _device(None)):
+        ran: list[int] = []
+        for _ in range(3):
+            d.run_segment(("k",), lambda ran=ran: ran.append(1))
+        assert len(ran) == 3
+        if d._graphs is not None:
+            assert d._graphs.events == []
