@@ -148,4 +148,10 @@ def _markdown(rows: list[dict[str, Any]], quick: bool, runs: int) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edge_runtime.errors import GladEdgeError
+
+    try:
+        sys.exit(main())
+    except GladEdgeError as e:
+        print(f"bench_gpu: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -53,8 +53,8 @@ def _cuda() -> Any:
     try:
         import pycuda.driver as cuda
     except ImportError as e:
-        raise GladEdgeError(f"TensorRT backend: pycuda cannot be imported ({e}); build it with "
-                            "scripts/gpu-check.sh or docs/operations.md") from None
+        raise GladEdgeError(f"TensorRT backend: pycuda cannot be imported ({e}); build it against the CUDA "
+                            "toolkit (scripts/gpu-check.sh does; docs/tensorrt.md)") from None
     try:
         cuda.init()
     except Exception as e:  # pycuda raises its own error types
