@@ -24,15 +24,8 @@ export PATH="$CUDA_ROOT/bin:$PATH"
 
 bash scripts/setup.sh
 
-# pycuda is an sdist: build it against this toolkit; curand is optional (not every toolkit install has it)
-if ! "$PY" -c 'import pycuda.driver' 2>/dev/null; then
-  tmp=$(mktemp -d)
-  "$PY" -m pip download --quiet --no-deps --no-build-isolation 'pycuda>=2024.1' -d "$tmp"
-  tar -xzf "$tmp"/pycuda-*.tar.gz -C "$tmp"
-  curand=--cuda-enable-curand
-  [ -f "$CUDA_ROOT/include/curand.h" ] || curand=--no-cuda-enable-curand
-  (cd "$tmp"/pycuda-*/ && "$PY" configure.py --cuda-root="$CUDA_ROOT" "$curand" && "$PY" -m pip install --quiet .)
-fi
+# pycuda is an sdist: build it against this toolkit
+NVCC="$NVCC" CUDA_ROOT="$CUDA_ROOT" bash scripts/install-pycuda.sh "$PY"
 # TensorRT: JetPack ships it; on x86 take NVIDIA's wheel (TensorRT-RTX, installed by setup.sh, targets RTX GPUs)
 if ! "$PY" -c 'import tensorrt' 2>/dev/null; then
   "$PY" -m pip install --quiet tensorrt || echo "gpu-check: pip could not install tensorrt; using tensorrt_rtx"

@@ -70,6 +70,13 @@ if [ "$JETSON" = 1 ]; then
   if [ "$DRY" = 0 ] && ! "$PREFIX/venv/bin/python" -c 'import tensorrt' 2>/dev/null; then
     echo "install-service.sh: warning: TensorRT's Python module is not importable (JetPack: apt install python3-libnvinfer)" >&2
   fi
+  # the TensorRT backend drives the GPU through pycuda, built against JetPack's CUDA toolkit
+  if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null; then
+    run bash "$REPO/scripts/install-pycuda.sh" "$PREFIX/venv/bin/python" \
+      || echo "install-service.sh: warning: pycuda did not build; backend tensorrt will not load (onnxruntime still works)" >&2
+  else
+    echo "install-service.sh: warning: no nvcc (JetPack's cuda-toolkit), so no pycuda: backend tensorrt will not load" >&2
+  fi
 fi
 run mkdir -p "$PREFIX/docs"
 run cp "$REPO/docs/operations.md" "$PREFIX/docs/operations.md"

@@ -481,3 +481,29 @@ def test_prebuilt_kernels_are_shipped_and_checked(built32, small_bundle, tmp_pat
         build_engines(fresh, precision="fp32", timing_cache=False, progress=False, kernels=wrong)
     assert "\n" not in str(e.value) and "cosine_min_f32" in str(e.value)
     assert _snapshot(fresh) == before
+
+
+def test_detector_load_refuses_an_engine_of_another_version_before_touching_the_gpu(built32, trt, tmp_path):
+    """The target check at load: library and version are compared before CUDA is needed, so this runs here;
+    with a matching target the load goes on to CUDA, which this machine lacks: one clear line too."""
+    from edge_runtime import Detector
+
+    bundle = _copy(built32.bundle, tmp_path / "b")
+    m = read_manifest(bundle)
+    m.engines["dino"].target.version = "0.0.1"
+    write_manifest(bundle, m)
+    with pytest.raises(GladEdgeError) as e:
+        Detector.load(bundle, backend="tensorrt")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(bundle / "engines" / "dino.engine"))
+    assert "0.0.1" in msg and trt.__version__ in msg and "rebuild" in msg.lower()
+
+    try:
+        import pycuda.driver  # noqa: F401
+
+        return  # a CUDA box: the load proceeds (tests/test_gpu_tensorrt.py covers it)
+    except ImportError:
+        pass
+    with pytest.raises(GladEdgeError, match="pycuda cannot be imported") as e:
+        Detector.load(built32.bundle, backend="tensorrt")
+    assert "\n" not in str(e.value)

@@ -211,6 +211,13 @@ class CudaDevice:
             raise GladEdgeError(f"{bundle_dir}: the bundle has no TensorRT engines (glad-edge build-engines BUNDLE)")
         if manifest.kernels is None:
             raise GladEdgeError(f"{bundle_dir}: the bundle has no CUDA kernels (rebuild with build-engines)")
+        libraries = {e.target.library for e in manifest.engines.values() if e.target is not None}
+        trt = self.trt = _trt_module(next(iter(libraries)) if len(libraries) == 1 else None)
+        for role, entry in manifest.engines.items():  # library and version first: no GPU needed to refuse those
+            if entry.target is None:
+                raise GladEdgeError(f"{bundle_dir / entry.file}: the manifest has no engine target for {role}")
+            check_target(entry.target, library=trt.__name__, version=trt.__version__, device_cc=None,
+                         file=str(bundle_dir / entry.file))
         cuda = self.cuda = _cuda()
         dev = cuda.Device(device_index)
         major, minor = dev.compute_capability()
@@ -219,8 +226,6 @@ class CudaDevice:
         self.ctx = dev.retain_primary_context()
         self.ctx.push()
         self.stream = cuda.Stream()
-        libraries = {e.target.library for e in manifest.engines.values() if e.target is not None}
-        trt = self.trt = _trt_module(next(iter(libraries)) if len(libraries) == 1 else None)
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._trt_logger)
         self.models = {role: _TrtModel(trt, runtime, bundle_dir / e.file, e, self.compute_capability)
