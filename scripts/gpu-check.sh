@@ -19,13 +19,12 @@ QUICK=
 command -v nvidia-smi >/dev/null && nvidia-smi -L || echo "gpu-check: nvidia-smi not found (Jetson?); going on"
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "gpu-check: nvcc not found; install the CUDA toolkit or set NVCC=/path/to/nvcc" >&2; exit 1; }
-CUDA_ROOT=${CUDA_ROOT:-$(dirname "$(dirname "$NVCC")")}
-export PATH="$CUDA_ROOT/bin:$PATH"
+export NVCC
 
 bash scripts/setup.sh
 
 # pycuda is an sdist: build it against this toolkit
-NVCC="$NVCC" CUDA_ROOT="$CUDA_ROOT" bash scripts/install-pycuda.sh "$PY"
+bash scripts/install-pycuda.sh "$PY"
 # TensorRT: JetPack ships it; on x86 take NVIDIA's wheel (TensorRT-RTX, installed by setup.sh, targets RTX GPUs)
 if ! "$PY" -c 'import tensorrt' 2>/dev/null; then
   "$PY" -m pip install --quiet tensorrt || echo "gpu-check: pip could not install tensorrt; using tensorrt_rtx"
