@@ -196,3 +196,11 @@ def load_noise(bundle_dir: str | Path, manifest: Manifest) -> np.ndarray:
     if list(noise.shape) != manifest.noise.shape or noise.dtype != np.float32:
         raise GladEdgeError(f"{path}: noise {noise.dtype}{list(noise.shape)} does not match the manifest")
     return noise
+
+
+def check_noise(noise: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """A caller's latent noise as float32, refused unless it has the bundle's latent shape."""
+    noise = np.asarray(noise, np.float32)
+    if list(noise.shape) != manifest.latent_shape:
+        raise GladEdgeError(f"noise has shape {list(noise.shape)}, expected {manifest.latent_shape}")
+    return noise

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime import adaptive, scoring
-from edge_runtime.bundle import MODEL_ROLES, Manifest, SamplerParams, load_noise, read_manifest
+from edge_runtime.bundle import MODEL_ROLES, Manifest, SamplerParams, check_noise, load_noise, read_manifest
 from edge_runtime.device import Device, HostDevice
 from edge_runtime.device_pipeline import DevicePipeline
 from edge_runtime.engines import Engine, available_backends, load_engine
@@ -106,12 +106,7 @@ class Detector:
         return self.engines["vae_decoder"].run({"latent": latents})["image"]
 
     def _noise(self, noise: np.ndarray | None) -> np.ndarray:
-        if noise is None:
-            return self.noise
-        noise = np.asarray(noise, np.float32)
-        if list(noise.shape) != self.manifest.latent_shape:
-            raise GladEdgeError(f"noise has shape {list(noise.shape)}, expected {self.manifest.latent_shape}")
-        return noise
+        return self.noise if noise is None else check_noise(noise, self.manifest)
 
     def inspect(self, image: np.ndarray, noise: np.ndarray | None = None) -> InspectionResult:
         if self.pipeline is not None:

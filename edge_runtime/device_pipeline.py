@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edge_runtime import adaptive, scoring
-from edge_runtime.bundle import Manifest
+from edge_runtime.bundle import Manifest, check_noise
 from edge_runtime.device import Buffer, Device
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.kernels import launch as kl
@@ -51,8 +51,10 @@ class DevicePipeline:
         self.unet_out = self._unet_output()
         self.images = d.alloc((2, 3, r, r))  # [0]: the part, [1]: its reconstruction (adjacent: DINO takes both)
         self.z0 = d.alloc(latent)
+        self.fixed_noise = np.asarray(noise, np.float32).reshape(latent)
         self.noise = d.alloc(latent)
-        d.upload(self.noise, np.asarray(noise, np.float32).reshape(latent))
+        d.upload(self.noise, self.fixed_noise)
+        self._noise_overridden = False
         self.x_t = d.alloc(latent)
         self.eps = d.alloc(latent)
         self.eps_pair = d.alloc((2, *latent[1:])) if self.unet_out == "eps_pair" else None
@@ -161,11 +163,12 @@ class DevicePipeline:
         t0 = time.perf_counter()
         u = resize_rgb(image, g.resolution)
         d.upload(self.images.view(0), to_model_input(u))
-        if noise is not None:
-            noise = np.asarray(noise, np.float32)
-            if list(noise.shape) != self.manifest.latent_shape:
-                raise GladEdgeError(f"noise has shape {list(noise.shape)}, expected {self.manifest.latent_shape}")
-            d.upload(self.noise, noise)
+        if noise is not None:  # this part only: the bundle's noise goes back on the next part without one
+            d.upload(self.noise, check_noise(noise, self.manifest))
+            self._noise_overridden = True
+        elif self._noise_overridden:
+            d.upload(self.noise, self.fixed_noise)
+            self._noise_overridden = False
         t0 = _lap(timings, "preprocess", t0)
 
         d.run_engine("vae_encoder", {"image": self.images.view(0)}, {"latent": self.z0})

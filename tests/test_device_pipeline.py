@@ -98,3 +98,17 @@ def test_tensorrt_backend_without_engines_is_one_clear_error(small_bundle: Path)
 
     with pytest.raises(GladEdgeError, match="build-engines"):
         Detector.load(small_bundle, backend="tensorrt")
+
+
+def test_caller_noise_applies_to_that_part_only(small_bundle: Path, part_image: np.ndarray) -> None:
+    """noise= overrides the bundle's noise for one part; the next part without it uses the bundle's again,
+    as the host loop does."""
+    from edge_runtime import Detector
+
+    dev = Detector.load(small_bundle, backend="cuda-emulation", engine_options={"intra_op_threads": 1})
+    default = dev.inspect(part_image)
+    other = np.random.default_rng(1).standard_normal(dev.manifest.latent_shape).astype(np.float32)
+    custom = dev.inspect(part_image, noise=other)
+    assert custom.score != default.score
+    again = dev.inspect(part_image)
+    assert again.score == default.score and np.array_equal(again.anomaly_map, default.anomaly_map)
