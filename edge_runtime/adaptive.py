@@ -26,8 +26,14 @@ def decide(score: float, t: int, threshold: float, min_step: int) -> Decision:
     return "continue"
 
 
-def fuse(x0_rec: np.ndarray, x0_in: np.ndarray, m_patch: np.ndarray) -> np.ndarray:
-    """SAFF: m = sigmoid(M) on the patch grid, resized (bilinear, align_corners) to the latent grid."""
+def fusion_weights(m_patch: np.ndarray, latent_grid: tuple[int, int]) -> np.ndarray:
+    """SAFF's weight of the reconstruction estimate: m = sigmoid(M) on the patch grid, resized (bilinear,
+    align_corners) to the latent grid."""
     g = int(round(m_patch.size**0.5))
-    m = resize_ac((1.0 / (1.0 + np.exp(-m_patch))).reshape(g, g).astype(np.float32), x0_rec.shape[-2:])
+    return resize_ac((1.0 / (1.0 + np.exp(-m_patch))).reshape(g, g).astype(np.float32), latent_grid)
+
+
+def fuse(x0_rec: np.ndarray, x0_in: np.ndarray, m_patch: np.ndarray) -> np.ndarray:
+    """SAFF: m * x0_rec + (1 - m) * x0_in with m = ``fusion_weights``."""
+    m = fusion_weights(m_patch, x0_rec.shape[-2:])
     return (m * x0_rec + (1.0 - m) * x0_in).astype(np.float32)

@@ -31,6 +31,7 @@ class Detector:
         engines: dict[str, Engine],
         noise: np.ndarray,
         pipeline: DevicePipeline | None = None,
+        backend: str | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.pipeline = pipeline  # device-resident path (TensorRT, or its CPU emulation); None: host loop
@@ -42,7 +43,7 @@ class Detector:
         self.abar = alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps)
         self.steps = plan(self.glad, manifest.sampler, self.abar)
         self.threshold = manifest.threshold
-        self.backend = next(iter(engines.values())).backend if engines else "tensorrt"
+        self.backend = backend or next(iter(engines.values())).backend
 
     @classmethod
     def load(
@@ -90,9 +91,7 @@ class Detector:
         else:
             ort_options = {k: v for k, v in options.items() if k != "schedule_seed"}
             device = HostDevice(bundle_dir, manifest.models, ort_options, schedule_seed=options.get("schedule_seed"))
-        detector = cls(bundle_dir, manifest, {}, noise, pipeline=DevicePipeline(device, manifest, noise))
-        detector.backend = backend
-        return detector
+        return cls(bundle_dir, manifest, {}, noise, pipeline=DevicePipeline(device, manifest, noise), backend=backend)
 
     # -- engine calls ---------------------------------------------------------------------------
     def _unet(self, x_t: np.ndarray, t: int) -> np.ndarray:

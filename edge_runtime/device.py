@@ -13,7 +13,7 @@ offset does, so engines can write straight into a slice of a larger buffer (no c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -62,6 +62,11 @@ class Device(Protocol):
         ...
 
     def synchronize(self) -> None: ...
+
+    def run_segment(self, key: tuple, body: Callable[[], None]) -> None:
+        """Run ``body`` (engine calls and kernel launches, no host transfers). ``key`` names the segment
+        with everything that shapes its work, so a device may record it once and replay it (CUDA graphs)."""
+        ...
 
 
 # -- the host emulation -------------------------------------------------------------------------------
@@ -130,6 +135,9 @@ class HostDevice:
 
     def synchronize(self) -> None:
         pass
+
+    def run_segment(self, key: tuple, body: Callable[[], None]) -> None:
+        body()
 
 
 def _array(b: Buffer | np.ndarray) -> np.ndarray:

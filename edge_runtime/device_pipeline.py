@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -119,13 +118,6 @@ class DevicePipeline:
         kernel = "cosine_min_f16" if np.dtype(a.dtype) == np.float16 else "cosine_min_f32"
         self.device.launch(kernel, kl.cosine_min(layers, p, dim, directions), [a, b, out, layers, p, dim, directions])
 
-    def _segment(self, key: tuple, body: Callable[[], None]) -> None:
-        run = getattr(self.device, "run_segment", None)
-        if run is None:
-            body()
-        else:
-            run(key, body)
-
     # -- the part -------------------------------------------------------------------------------------
     def _step_model(self, i: int, a_t: float) -> None:
         """UNet at step i (guidance in the graph, or combined here) and x0 of the current sample."""
@@ -181,20 +173,18 @@ class DevicePipeline:
         timings["unet"] = timings["check"] = 0.0
         adaptive_step: int | None = None
         for i, step in enumerate(self.steps):
-            self._segment(("unet", i), lambda i=i, a_t=step.a_t: self._step_model(i, a_t))
+            d.run_segment(("unet", i), lambda i=i, a_t=step.a_t: self._step_model(i, a_t))
             calls["unet"] += 2
             decision = "continue"
             if step.check and adaptive_step is None:
                 d.synchronize()
                 t0 = _lap(timings, "unet", t0)
-                self._segment(("check", i), lambda a_t=step.a_t: self._check_prepare(a_t))
+                d.run_segment(("check", i), lambda a_t=step.a_t: self._check_prepare(a_t))
                 m_patch = d.download(self.ad_map).reshape(-1)  # waits: the branch needs it
                 score = scoring.topk_mean(m_patch, g.adaptive_topk)
                 decision = adaptive.decide(score, step.t, g.input_threshold, g.min_step)
                 if decision == "fuse":
-                    gp = int(round(m_patch.size**0.5))
-                    sig = (1.0 / (1.0 + np.exp(-m_patch))).reshape(gp, gp).astype(np.float32)
-                    d.upload(self.m_latent, scoring.resize_ac(sig, self.latent_grid).reshape(-1))
+                    d.upload(self.m_latent, adaptive.fusion_weights(m_patch, self.latent_grid).reshape(-1))
                 if decision != "continue":
                     adaptive_step = step.t
                 calls["checks"] += 1
@@ -202,7 +192,7 @@ class DevicePipeline:
                 calls["dino_adaptive"] += 2
                 t0 = _lap(timings, "check", t0)
             x0 = {"continue": self.x0_pair.view(1), "fuse": self.x0_fused, "input": self.x0_pair.view(0)}[decision]
-            self._segment(("ddim", i, decision),
+            d.run_segment(("ddim", i, decision),
                           lambda x0=x0, a=step.a_prev, f=decision == "fuse": self._finish_step(x0, a, f))
         d.synchronize()
         t0 = _lap(timings, "unet", t0)
