@@ -314,8 +314,9 @@ class TrtEngine:
 
     def __init__(self, path: Path, entry: ModelEntry, device: CudaDevice) -> None:
         self.device = device
-        self.model = _TrtModel(device.trt, device.trt.Runtime(device._trt_logger), Path(path), entry,
-                               device.compute_capability)
+        loaded = [m for m in device.models.values() if m.path == Path(path)]  # the device's own, deserialised once
+        self.model = loaded[0] if loaded else _TrtModel(device.trt, device.trt.Runtime(device._trt_logger),
+                                                        Path(path), entry, device.compute_capability)
         self.input_names = list(self.model.inputs)
         self.output_names = list(self.model.outputs)
 
