@@ -1,4 +1,4 @@
-"""Image- and pixel-level anomaly detection metrics (glad-reference.md, "Metrics").
+"""Image- and pixel-level anomaly detection metrics (docs/reference.md, "Metrics").
 
 Pure numpy + scipy at run time (no scikit-learn): the station and the calibration tools need no extra
 dependencies. The tests check every value against scikit-learn.

@@ -16,7 +16,7 @@ from edge_runtime.errors import GladEdgeError
 
 
 class GladConfig(BaseModel):
-    """Everything glad-reference.md calls a per-class hyper-parameter, plus geometry and noise."""
+    """Everything docs/reference.md calls a per-class hyper-parameter, plus geometry and noise."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,7 +51,7 @@ class GladConfig(BaseModel):
 
     @property
     def timesteps(self) -> list[int]:
-        """t_k = k*r + 1 for k = N-1..0 with r = T_d // N (glad-reference.md, noise schedule)."""
+        """t_k = k*r + 1 for k = N-1..0 with r = T_d // N (docs/reference.md, noise schedule)."""
         r = self.denoise_step // self.inference_steps
         return [k * r + 1 for k in range(self.inference_steps - 1, -1, -1)]
 

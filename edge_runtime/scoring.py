@@ -1,4 +1,4 @@
-"""Anomaly map and score as pure numpy (glad-reference.md, "Anomaly map and score")."""
+"""Anomaly map and score as pure numpy (docs/reference.md, "Anomaly map and score")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The GLAD checkpoint directory of contracts.md: read and write.
+"""The GLAD checkpoint directory of docs/contracts.md: read and write.
 
 ```
 checkpoint/

@@ -1,6 +1,6 @@
 """Export a GLAD checkpoint to an ONNX bundle (manifest + graphs + fixed noise), verified before writing.
 
-Each graph computes exactly what one ``GladReference`` model call computes (glad-reference.md):
+Each graph computes exactly what one ``GladReference`` model call computes (docs/reference.md):
 
 ============== ============================== =============================================================
 file           inputs                         outputs

@@ -14,13 +14,13 @@ Sources
   MVTec-AD and MPDD / 200 VisA and PCB-Bank, Gaussian sigma 6, top-250 image score, layer 12 and
   top-10 for the adaptive step) and supplementary Tables S1-S4 (per-class thresholds ``delta``).
 
-Where the two differ the released code wins, since glad-reference.md defines the reference as what
+Where the two differ the released code wins, since docs/reference.md defines the reference as what
 that code runs:
 
 * capsule ``T_d`` = 600 and transistor 850 (the paper's "generally 750");
 * bracket_white ``T_d`` = 450, ``min_step`` = 200 (the paper's 500 / 350 for MPDD);
 * metal_plate ``delta`` = 0.35 (Table S2 prints 0.25);
-* for VisA and PCB-Bank the code noises the latent at ``T_d - 1``; glad-reference.md keeps ``T_d``
+* for VisA and PCB-Bank the code noises the latent at ``T_d - 1``; docs/reference.md keeps ``T_d``
   (one step in 1000, same timestep list), and so do these presets.
 
 Not published per class, the defaults used: guidance scale 9 (hard-coded in the released
@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, format_validation_error
 
-# glad-reference.md / Sec. 4.2 of the paper: the same for every class
+# docs/reference.md / Sec. 4.2 of the paper: the same for every class
 RESOLUTION = 512
 GUIDANCE_SCALE = 9.0
 DINO_LAYERS = (3, 6, 9, 12)

@@ -1,4 +1,4 @@
-"""GLAD inference in PyTorch fp32, step for step as shared/docs/glad-reference.md specifies.
+"""GLAD inference in PyTorch fp32, step for step as docs/reference.md specifies.
 
 This is the yardstick every faster path is measured against, so it favours literal transcription of
 the spec over speed: the cond/uncond UNet passes share one batch-2 call, the two decodes and the two

@@ -1,4 +1,4 @@
-"""An independent test oracle for GLAD inference, written from docs/glad-reference.md only.
+"""An independent test oracle for GLAD inference, written from docs/reference.md only.
 
 It shares no computation with ``model_export`` or ``edge_runtime``: it reads the checkpoint files
 itself, calls the diffusers UNet / VAE directly (they are the models), and does everything else
@@ -305,7 +305,7 @@ def _eps(m: OracleModels, x_t: np.ndarray, t: int, g: float) -> np.ndarray:
 
 
 def oracle_inspect(ckpt_dir: Path, image: np.ndarray, noise: np.ndarray | None = None) -> dict:
-    """GLAD inference per docs/glad-reference.md. Extra keys: ``ads_trace`` [(t, score)], ``timesteps``."""
+    """GLAD inference per docs/reference.md. Extra keys: ``ads_trace`` [(t, score)], ``timesteps``."""
     m = load_models(ckpt_dir)
     c = m.cfg
     R, Rd = int(c["resolution"]), int(c["dino_resolution"])

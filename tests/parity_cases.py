@@ -1,4 +1,4 @@
-"""Small checkpoints and images that exercise every branch of glad-reference.md (shared by the
+"""Small checkpoints and images that exercise every branch of docs/reference.md (shared by the
 reference and Detector parity tests)."""
 
 from __future__ import annotations

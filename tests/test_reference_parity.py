@@ -1,6 +1,6 @@
 """GladReference against the independent oracle in tests/oracle_glad.py (written from the spec alone).
 
-Each checkpoint case exercises one branch of glad-reference.md; the test first checks from the oracle
+Each checkpoint case exercises one branch of docs/reference.md; the test first checks from the oracle
 that the branch really ran, then that GladReference gives the same adaptive step, score and map.
 """
 

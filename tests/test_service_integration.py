@@ -2,7 +2,7 @@
 bundle, verdicts over a real Mosquitto broker that is restarted mid-run, reject signals on a socat serial
 pair and a pymodbus PLC.
 
-Checks: the consumer gets seq 1..200 (deduplicated by seq, as contracts.md tells consumers to), exactly
+Checks: the consumer gets seq 1..200 (deduplicated by seq, as docs/contracts.md tells consumers to), exactly
 10 "error" verdicts (the corrupt files), and every reject / error produced exactly one serial message and
 one coil pulse while no pass did.
 """

@@ -1,6 +1,6 @@
 """Reject outputs against real peers: a socat pty pair (serial) and a pymodbus TCP server (PLC).
 
-Contract (style.md, "Shared contract tests"): exactly one message / one pulse per fired verdict, and
+Contract: exactly one message / one pulse per fired verdict, and
 recovery after the peer restarts. The last test drives the whole service: every reject and every error
 verdict of a folder run produces exactly one serial message and one coil pulse, a pass produces none.
 """

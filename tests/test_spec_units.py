@@ -1,4 +1,4 @@
-"""Pieces of glad-reference.md checked against independent formulations (OpenCV, official DINO code)."""
+"""Pieces of docs/reference.md checked against independent formulations (OpenCV, official DINO code)."""
 
 from __future__ import annotations
 

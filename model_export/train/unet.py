@@ -1,4 +1,4 @@
-"""Train the UNet with GLAD's anomaly-oriented objective (glad-reference.md, "Training objective").
+"""Train the UNet with GLAD's anomaly-oriented objective (docs/reference.md, "Training objective").
 
 For a normal image x and its synthetic anomalous version x_a: z = s E(x), z_a = s E(x_a) (posterior
 means of the frozen VAE), t ~ U{0..T-1}, alpha = t / 1000, z_syn = alpha z_a + (1 - alpha) z,
