@@ -201,6 +201,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most ``max_connections`` at a time; connections beyond are closed."""
 
     daemon_threads = True
+    request_queue_size = 64  # accepted (and refused) at once rather than left in the kernel's backlog
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)

@@ -267,11 +267,16 @@ class Outbox:
             self._rows -= deleted
             return deleted
 
-    def probe(self) -> None:
+    def probe(self, integrity: bool = False) -> None:
         """One durable write transaction that changes nothing a reader sees (a heartbeat row in ``meta``):
-        raises the storage error while the disk is full, read-only or the file corrupt."""
+        raises the storage error while the disk is full, read-only or the file corrupt. ``integrity``: also
+        run SQLite's ``quick_check`` (reads the whole file) first."""
         with self._lock:
             db = self._conn()
+            if integrity:
+                result = db.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
             with self._transaction(db):
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (int(time.time()),))
 

@@ -26,12 +26,12 @@ from edge_runtime.service.camera import Camera, safe_source
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import setup_logging
 from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
-from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox
+from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, storage_fault
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.outputs.heartbeat import Heartbeat
 from edge_runtime.service.pipeline import Listener, Pipeline, decide_threshold
 from edge_runtime.service.storage import RejectStore
-from edge_runtime.service.storage_guard import StorageGuard
+from edge_runtime.service.storage_guard import StorageGuard, touch_probe
 from edge_runtime.service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -385,10 +385,14 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
         camera = Camera(cfg.camera)
         camera.check()
         camera.source.close()
+        key, path = "mqtt.outbox_path" if cfg.mqtt else "storage.state_dir", outbox_path(cfg)
         try:  # read-only: a running station may own it
-            check_outbox(outbox_path(cfg))
+            check_outbox(path)
         except OutboxError as e:
-            raise GladEdgeError(f"{'mqtt.outbox_path' if cfg.mqtt else 'storage.state_dir'}: {e}") from None
+            raise GladEdgeError(f"{key}: {e}") from None
+        err = touch_probe(path.parent) if path.parent.is_dir() else None
+        if err is not None:
+            raise GladEdgeError(f"{key}: {path.parent} is not writable: {storage_fault(err)} ({err.strerror})")
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "
               f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}")
         return 0

@@ -8,8 +8,9 @@ Two ways a fault is found:
   ("disk full", "read-only", "corrupt", "I/O error"); a full outbox (broker away for
   ``outbox_max_rows`` verdicts) is not a disk fault: its parts get "error" verdicts and alarms;
 - every watchdog check (:meth:`StorageGuard.problems`, every ``watchdog.check_period_s``) reads
-  ``statvfs`` of the outbox's folder: mounted read-only, or less than ``storage.min_free_mb`` free, is a
-  fault before any write fails.
+  ``statvfs`` of the outbox's folder, and about once a second creates and removes an empty file there:
+  mounted read-only (also the kernel's emergency read-only after a filesystem error, which statvfs does
+  not show), or less than ``storage.min_free_mb`` free, is a fault before any write fails.
 
 While faulted, :meth:`problems` returns ``{"storage": "..."}``; the watchdog turns that into the
 "stalled" state (one alarm log line saying what failed, heartbeat output stopped, ``/healthz`` 503, MQTT
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,19 @@ from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.outbox import storage_fault
 
 RECOVER_FREE_BYTES = 1 << 20
+PROBE_PERIOD_S = 1.0  # create-and-unlink probe of the folder while healthy (metadata only, no data written)
+
+
+def touch_probe(folder: Path) -> OSError | None:
+    """Create and remove an empty file in ``folder``: the error when the filesystem refuses (read-only,
+    also the kernel's emergency read-only that statvfs does not show; no inode left)."""
+    name = folder / f".glad-edge-probe-{os.getpid()}"
+    try:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.unlink(name)
+    except OSError as e:
+        return e
+    return None
 
 
 class StorageGuard:
@@ -36,10 +51,11 @@ class StorageGuard:
         self.path = Path(outbox_path)
         self.min_free_bytes = int(min_free_bytes)
         self.metrics = metrics
-        self.probe: Callable[[], None] | None = None  # Outbox.probe once the outbox is open
-        self.fault: str | None = None  # "disk full", "read-only", ...
+        self.probe: Callable[[bool], None] | None = None  # Outbox.probe once the outbox is open
+        self.fault: str | None = None  # "disk full", "read-only", "corrupt", "I/O error"
         self.detail = ""
         self.faults = 0
+        self._touched = 0.0
         self._lock = threading.Lock()
 
     def _set(self, kind: str | None, detail: str = "") -> None:
@@ -56,35 +72,45 @@ class StorageGuard:
         kind = storage_fault(exc)
         if kind is None or kind == "outbox full":  # undelivered verdicts, not a disk fault: alarmed per part
             return False
+        if kind == "I/O error":  # SQLite says only "disk I/O error": ask the filesystem what it is
+            err = touch_probe(self.path.parent)
+            kind = (storage_fault(err) if err is not None else None) or kind
         self._set(kind, f"{kind}: {self.path} ({exc})")
         return True
 
     def _filesystem(self) -> tuple[str | None, str, int]:
-        """(fault kind or None, detail, free bytes) from statvfs of the outbox's folder."""
+        """(fault kind or None, detail, free bytes) of the outbox's folder."""
         folder = self.path.parent
         try:
             st = os.statvfs(folder)
         except OSError as e:
-            return storage_fault(e) or "I/O error", f"{folder}: {e.strerror or e}", 0
+            return storage_fault(e) or "I/O error", f"{storage_fault(e)}: {folder} ({e.strerror or e})", 0
         free = st.f_bavail * st.f_frsize
         if st.f_flag & os.ST_RDONLY:
             return "read-only", f"read-only: {folder} is mounted read-only", free
         if free < self.min_free_bytes:
             return "disk full", (f"disk full: {free / 2**20:.1f} MiB free in {folder} "
                                  f"(storage.min_free_mb {self.min_free_bytes / 2**20:g})"), free
+        now = time.monotonic()
+        if self.fault is not None or now - self._touched >= PROBE_PERIOD_S:
+            self._touched = now
+            err = touch_probe(folder)
+            if err is not None:
+                kind = storage_fault(err) or "I/O error"
+                return kind, f"{kind}: {folder} ({err.strerror or err})", free
         return None, "", free
 
     def problems(self) -> dict[str, str]:
         """Check now; ``{"storage": what failed}`` while faulted, else {}."""
         kind, detail, free = self._filesystem()
         if kind is not None:
-            if self.fault is None or self.fault in ("disk full", "read-only"):
+            if self.fault != "corrupt":  # the filesystem's own word is the more precise one, but not over this
                 self._set(kind, detail)
         elif self.fault is not None:
             recovered = self.fault != "disk full" or free >= max(self.min_free_bytes, RECOVER_FREE_BYTES)
             if recovered and self.probe is not None:
                 try:
-                    self.probe()
+                    self.probe(self.fault == "corrupt")
                 except Exception as e:
                     recovered = False
                     self.report(e)
