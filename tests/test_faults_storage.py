@@ -413,3 +413,30 @@ def test_guard_faults_on_min_free_and_recovers(disk: SmallDisk) -> None:
         assert not guard.report(OutboxFull("100000 unsent")) and guard.fault is None  # the broker's, not the disk's
     finally:
         ob.close()
+
+
+def test_outbox_corrupted_while_open_is_a_corrupt_fault(tmp_path: Path) -> None:
+    """The file's pages overwritten under an open outbox. SQLite keeps pages it has read in its own cache,
+    so the test checkpoints the WAL into the file and drops that cache (``shrink_memory``) to make the next
+    write read the damaged pages from disk, as a station does once its cache has moved on."""
+    ob = Outbox(tmp_path / "o.sqlite3")
+    guard = StorageGuard(ob.path, 0)
+    guard.probe = ob.probe
+    try:
+        for i in range(300):
+            ob.put({"i": i, "pad": "x" * 200})
+        ob._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        first = ob._conn().execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox'").fetchone()[0]
+        size = ob.path.stat().st_size
+        with open(ob.path, "r+b") as f:  # the outbox table's pages, from its root on (meta stays readable)
+            f.seek((first - 1) * 4096)
+            f.write(b"\xff" * (size - (first - 1) * 4096))  # 0xff: no valid b-tree page type
+        ob._conn().execute("PRAGMA shrink_memory")
+        last = ob.last_seq()
+        with pytest.raises(sqlite3.DatabaseError, match="malformed") as err:
+            ob.put({"after": "corruption"})
+        assert guard.report(err.value) and guard.fault == "corrupt"
+        assert ob.last_seq() == last  # nothing handed out
+        assert "corrupt" in guard.problems()["storage"]  # the integrity check keeps it faulted
+    finally:
+        ob.close()
