@@ -119,7 +119,7 @@ def start_station(tmp_path: Path, bundle: Path, outbox_dir: Path, pty: SocatPair
         camera={"source": str(tmp_path / "parts"), "stop_at_end": False, "poll_s": 0.05},
         detector={"threads": 1, "warmup": 0, "sampler": "fast", "steps": 2, "check_every": 2},
         # every part passes: the only serial messages are the error verdicts
-        pipeline={"allow_uncalibrated": True, "threshold": 1e6},
+        pipeline={"allow_uncalibrated": True, "threshold": 1e6, "overload": "wait"},
         storage={"state_dir": str(outbox_dir), "min_free_mb": 0},
         metrics={"port": port},
         watchdog={"frame_timeout_s": 120},
@@ -183,10 +183,22 @@ def check_one_verdict_each(station: ServiceProcess, n: int) -> tuple[list[int], 
     assert all("seq" not in d or isinstance(d["seq"], int) for d in lines), [d for d in lines if "seq" in d][:3]
     unrecorded = [d for d in lines if "seq" not in d]
     assert all(d["verdict"] == "error" and d["error_kind"] == "storage" for d in unrecorded), unrecorded[:3]
-    seqs = [d["seq"] for d in sorted(lines, key=lambda d: d["frame_id"]) if "seq" in d]
-    assert seqs == list(range(1, len(seqs) + 1))  # a failed write uses no number: no gap, no repeat
+    # in output order (an overload error overtakes parts being inspected, so not frame order): a failed
+    # write uses no number, so no gap and no repeat
+    seqs = [d["seq"] for d in lines if "seq" in d]
+    assert seqs == list(range(1, len(seqs) + 1))
     assert not any("Traceback" in line for line in station.raw), station.log_tail()
     return seqs, sorted(d["frame_id"] for d in unrecorded)
+
+
+def error_frames(station: ServiceProcess) -> list[int]:
+    return sorted(d["frame_id"] for d in verdicts(station) if d["verdict"] == "error")
+
+
+def other_warnings(station: ServiceProcess, alarm: dict[str, Any]) -> list[str]:
+    """The station's own warning/error lines other than verdicts and ``alarm`` (paho's are left out)."""
+    return sorted(d["msg"] for d in station.lines if d.get("level") in ("warning", "error")
+                  and d.get("event") != "verdict" and not d["logger"].endswith(".paho") and d is not alarm)
 
 
 def storage_alarms(station: ServiceProcess) -> list[dict[str, Any]]:
@@ -256,9 +268,11 @@ def test_full_disk_stalls_station_and_recovers(small_bundle: Path, tmp_path: Pat
     recovered = [d for d in verdicts(station) if d["frame_id"] > max(unrecorded)]
     assert len(recovered) >= 5 and all("seq" in d for d in recovered)
     # the reject line got exactly the error verdicts (every part passes otherwise)
-    assert sorted(serial_errors(pty)) == unrecorded
+    assert sorted(serial_errors(pty)) == error_frames(station)
     alarms = storage_alarms(station)
     assert len(alarms) == 1 and "disk full" in alarms[0]["msg"], alarms
+    # besides the verdict lines: that one line, the heartbeat's and the recovery's, nothing per part
+    assert other_warnings(station, alarms[0]) == ["heartbeat stopped: pipeline not alive", "pipeline recovered"]
     if consumer is not None:
         got = consumer.snapshot()
         assert all(isinstance(m["seq"], int) for m in got if "seq" in m)
@@ -305,9 +319,10 @@ def readonly_scenario(small_bundle: Path, tmp_path: Path, ro: SmallDisk) -> None
         station.cleanup()
         pty.stop()
     seqs, unrecorded = check_one_verdict_each(station, n)
-    assert len(unrecorded) >= 3 and sorted(serial_errors(pty)) == unrecorded
+    assert len(unrecorded) >= 3 and sorted(serial_errors(pty)) == error_frames(station)
     alarms = storage_alarms(station)
     assert len(alarms) == 1 and "read-only" in alarms[0]["msg"], alarms
+    assert other_warnings(station, alarms[0]) == ["heartbeat stopped: pipeline not alive"]
     assert to_503 < HEALTH_BOUND_S
 
     # a restart on the read-only disk: one line, exit 1 (run and run --check)

@@ -220,6 +220,10 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away mid-response: socketserver would print a traceback to stderr
+        log.debug("metrics http: connection from %s ended with an error", client_address, exc_info=True)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
