@@ -455,3 +455,23 @@ def test_outbox_corrupted_while_open_is_a_corrupt_fault(tmp_path: Path) -> None:
         assert "corrupt" in guard.problems()["storage"]  # the integrity check keeps it faulted
     finally:
         ob.close()
+
+
+def test_guard_sees_a_kernel_readonly_disk_without_a_write(tmp_path: Path) -> None:
+    """The kernel's emergency read-only (after an ext4 error) is not in statvfs' flags on every kernel: the
+    guard finds it by opening the lock file for writing, with no verdict written."""
+    ro = SmallDisk(tmp_path / "ext4", 16, "ext4").mount()
+    try:
+        ob = Outbox(ro.path / "o.sqlite3")
+        guard = StorageGuard(ob.path, 0)
+        guard.probe = ob.probe
+        try:
+            ob.put({"before": 1})
+            assert guard.problems() == {}
+            ro.fail_readonly()
+            assert "read-only" in guard.problems()["storage"] and guard.fault == "read-only"
+            assert guard.problems() != {}  # no recovery while the filesystem stays read-only
+        finally:
+            ob.close()
+    finally:
+        ro.unmount()

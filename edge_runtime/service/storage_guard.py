@@ -8,7 +8,7 @@ Two ways a fault is found:
   ("disk full", "read-only", "corrupt", "I/O error"); a full outbox (broker away for
   ``outbox_max_rows`` verdicts) is not a disk fault: its parts get "error" verdicts and alarms;
 - every watchdog check (:meth:`StorageGuard.problems`, every ``watchdog.check_period_s``) reads
-  ``statvfs`` of the outbox's folder, and about once a second creates and removes an empty file there:
+  ``statvfs`` of the outbox's folder and opens the outbox's lock file for writing (writing nothing):
   mounted read-only (also the kernel's emergency read-only after a filesystem error, which statvfs does
   not show), or less than ``storage.min_free_mb`` free, is a fault before any write fails.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,19 +30,23 @@ from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.outbox import storage_fault
 
 RECOVER_FREE_BYTES = 1 << 20
-PROBE_PERIOD_S = 1.0  # create-and-unlink probe of the folder while healthy (metadata only, no data written)
 
 
-def touch_probe(folder: Path) -> OSError | None:
-    """Create and remove an empty file in ``folder``: the error when the filesystem refuses (read-only,
-    also the kernel's emergency read-only that statvfs does not show; no inode left)."""
-    name = folder / f".glad-edge-probe-{os.getpid()}"
+def write_probe(path: Path) -> OSError | None:
+    """Open ``path`` for writing (created when missing) and close it, writing nothing: the error when the
+    filesystem refuses writes (read-only, also the kernel's emergency read-only after a filesystem error,
+    which statvfs does not show). Opening an existing file changes nothing on disk, so this is cheap to
+    repeat on flash storage."""
     try:
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        os.unlink(name)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
     except OSError as e:
         return e
     return None
+
+
+def lock_file(outbox_path: Path) -> Path:
+    """The outbox's lock file (Outbox takes its flock there): the file the write probe opens."""
+    return outbox_path.with_name(outbox_path.name + ".lock")
 
 
 class StorageGuard:
@@ -55,7 +58,6 @@ class StorageGuard:
         self.fault: str | None = None  # "disk full", "read-only", "corrupt", "I/O error"
         self.detail = ""
         self.faults = 0
-        self._touched = 0.0
         self._lock = threading.Lock()
 
     def _set(self, kind: str | None, detail: str = "") -> None:
@@ -73,7 +75,7 @@ class StorageGuard:
         if kind is None or kind == "outbox full":  # undelivered verdicts, not a disk fault: alarmed per part
             return False
         if kind == "I/O error":  # SQLite says only "disk I/O error": ask the filesystem what it is
-            err = touch_probe(self.path.parent)
+            err = write_probe(lock_file(self.path))
             kind = (storage_fault(err) if err is not None else None) or kind
         self._set(kind, f"{kind}: {self.path} ({exc})")
         return True
@@ -91,13 +93,10 @@ class StorageGuard:
         if free < self.min_free_bytes:
             return "disk full", (f"disk full: {free / 2**20:.1f} MiB free in {folder} "
                                  f"(storage.min_free_mb {self.min_free_bytes / 2**20:g})"), free
-        now = time.monotonic()
-        if self.fault is not None or now - self._touched >= PROBE_PERIOD_S:
-            self._touched = now
-            err = touch_probe(folder)
-            if err is not None:
-                kind = storage_fault(err) or "I/O error"
-                return kind, f"{kind}: {folder} ({err.strerror or err})", free
+        err = write_probe(lock_file(self.path))
+        if err is not None:
+            kind = storage_fault(err) or "I/O error"
+            return kind, f"{kind}: {folder} ({err.strerror or err})", free
         return None, "", free
 
     def problems(self) -> dict[str, str]:
