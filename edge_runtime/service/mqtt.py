@@ -239,6 +239,13 @@ class MqttLink:
         :class:`OutboxFull` when the outbox holds ``outbox_max_rows`` undelivered verdicts (nothing stored:
         raise an alarm).
         """
+        seq = self.outbox.put(self._verdict_message(message))
+        self._count("verdicts")
+        self._wake.set()
+        return seq
+
+    def _verdict_message(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` checked (no seq: the outbox assigns it) and completed with the link's defaults."""
         if not isinstance(message, dict):
             raise TypeError(f"verdict message must be a dict, got {type(message).__name__}")
         if message.get("verdict") not in VERDICTS:
@@ -252,25 +259,16 @@ class MqttLink:
         msg.setdefault("ts", utc_now())
         if self.model is not None:
             msg.setdefault("model", self.model)
-        seq = self.outbox.put(msg)
-        self._count("verdicts")
-        self._wake.set()
-        return seq
+        return msg
 
     def publish_unrecorded(self, message: dict[str, Any]) -> bool:
         """Publish an "error" verdict that the outbox could not store (disk full, read-only, corrupt), once,
         from memory, with no ``seq``: sent at QoS 1 when connected, not kept for a later reconnect or restart.
         False when not connected."""
-        if "seq" in message:
-            raise ValueError("an unrecorded verdict has no seq")
-        msg: dict[str, Any] = {"schema": 1, "station": self.station, "camera": self.camera}
-        msg.update(message)
-        msg.setdefault("ts", utc_now())
-        if self.model is not None:
-            msg.setdefault("model", self.model)
+        payload = encode_message(self._verdict_message(message))
         if not self._connected.is_set():
             return False
-        info = self._client.publish(self.topic_verdict, encode_message(msg), qos=self.config.verdict_qos)
+        info = self._client.publish(self.topic_verdict, payload, qos=self.config.verdict_qos)
         self._count("unrecorded")
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
