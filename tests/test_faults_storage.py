@@ -49,7 +49,7 @@ STATION = "st-disk"
 HEALTH_BOUND_S = 5.0  # the issue's bound: health reflects a storage fault within 5 s
 FAST = {"initial_s": 0.05, "max_s": 0.2, "factor": 2}
 
-pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat not installed (scripts/setup.sh installs it)")
+needs_socat = pytest.mark.skipif(SOCAT is None, reason="socat not installed (scripts/setup.sh installs it)")
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -210,6 +210,7 @@ def storage_alarms(station: ServiceProcess) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@needs_socat
 @pytest.mark.parametrize("with_mqtt", [False, True], ids=["mqtt-off", "mqtt-on"])
 def test_full_disk_stalls_station_and_recovers(small_bundle: Path, tmp_path: Path, broker: Broker, disk: SmallDisk,
                                                with_mqtt: bool) -> None:
@@ -286,6 +287,7 @@ def test_full_disk_stalls_station_and_recovers(small_bundle: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+@needs_socat
 def test_readonly_disk_stalls_station_and_restart_refuses(small_bundle: Path, tmp_path: Path) -> None:
     ro = SmallDisk(tmp_path / "ext4", 16, "ext4").mount()
     try:
@@ -475,3 +477,34 @@ def test_guard_sees_a_kernel_readonly_disk_without_a_write(tmp_path: Path) -> No
             ob.close()
     finally:
         ro.unmount()
+
+
+def test_local_seq_keeps_a_committed_seq_when_the_delete_after_it_fails(disk: SmallDisk) -> None:
+    """MQTT off: the seq is committed by the insert; the delete that follows only keeps the file small. The
+    disk fills up exactly between the two (SQLite's trace callback runs the fill when the delete's
+    transaction begins): the verdict keeps its seq (it used to be reported null), the fault is reported,
+    and the delete is done with the next verdict once there is room."""
+    from edge_runtime.service.service import LocalSeq
+
+    guard = StorageGuard(disk.path / "outbox.sqlite3", 0)
+    local = LocalSeq(guard.path, on_storage_error=guard.report)
+    try:
+        assert local.publish_verdict({"verdict": "pass"}) == 1
+        begins = []
+
+        def fill_before_the_delete(sql: str) -> None:
+            if sql.startswith("BEGIN"):
+                begins.append(sql)
+                if len(begins) == 2:  # 1: the insert's transaction, 2: the delete's
+                    disk.fill(leave_bytes=0)
+
+        local.outbox._conn().set_trace_callback(fill_before_the_delete)
+        assert local.publish_verdict({"verdict": "pass"}) == 2
+        local.outbox._conn().set_trace_callback(None)
+        assert len(begins) == 2 and guard.fault == "disk full"
+        assert local.outbox.last_seq() == 2 and local.outbox.count() == 1  # committed, not yet deleted
+        disk.unfill()
+        assert local.publish_verdict({"verdict": "pass"}) == 3
+        assert local.outbox.count() == 0
+    finally:
+        local.close()
