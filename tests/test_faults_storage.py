@@ -41,7 +41,7 @@ from service_helpers import SOCAT, SocatPair, free_port, part_image, station_con
 from test_service_crash import ServiceProcess
 from test_service_integration import Consumer
 
-from edge_runtime.service.outbox import Outbox, OutboxFull, storage_fault
+from edge_runtime.service.outbox import Outbox, OutboxError, OutboxFull, storage_fault
 from edge_runtime.service.storage_guard import StorageGuard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -508,3 +508,17 @@ def test_local_seq_keeps_a_committed_seq_when_the_delete_after_it_fails(disk: Sm
         assert local.outbox.count() == 0
     finally:
         local.close()
+
+
+def test_opening_an_outbox_on_a_full_disk_says_disk_full(disk: SmallDisk) -> None:
+    """A restart on a full disk: SQLite cannot create its shared-memory file and says only "disk I/O
+    error"; the one-line error names the fault the filesystem reports."""
+    with Outbox(disk.path / "o.sqlite3") as ob:
+        for i in range(20):
+            ob.put({"i": i})
+    disk.fill(leave_bytes=0)
+    with pytest.raises(OutboxError, match=r"^outbox .*o\.sqlite3: disk full \("):
+        Outbox(disk.path / "o.sqlite3")
+    disk.unfill()
+    with Outbox(disk.path / "o.sqlite3") as ob:
+        assert ob.last_seq() == 20 and ob.count() == 20

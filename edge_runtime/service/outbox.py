@@ -39,7 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Outbox", "OutboxError", "OutboxFull", "OutboxLocked", "check_outbox", "encode_message", "storage_fault"]
+__all__ = ["Outbox", "OutboxError", "OutboxFull", "OutboxLocked", "check_outbox", "diagnose", "encode_message",
+           "lock_path", "storage_fault", "write_probe"]
 
 _SCHEMA = 1
 
@@ -84,11 +85,47 @@ def storage_fault(exc: BaseException) -> str | None:
     return None
 
 
+def lock_path(path: Path) -> Path:
+    """The outbox's lock file (the owner's flock)."""
+    return path.with_name(path.name + ".lock")
+
+
+def write_probe(path: Path) -> OSError | None:
+    """Open ``path`` for writing (created when missing) and close it, writing nothing: the error when the
+    filesystem refuses writes (read-only, also the kernel's emergency read-only after a filesystem error,
+    which statvfs does not show). Opening an existing file changes nothing on disk: cheap to repeat."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        return e
+    return None
+
+
+_NEARLY_FULL = 64 << 10  # below this, an unexplained SQLite I/O error is taken for a full disk
+
+
+def diagnose(path: Path, exc: BaseException) -> str | None:
+    """:func:`storage_fault` of ``exc``; when SQLite says only "disk I/O error" (e.g. it could not grow its
+    shared-memory file), what the filesystem of ``path`` says instead: "read-only" or "disk full"."""
+    kind = storage_fault(exc)
+    if kind != "I/O error":
+        return kind
+    err = write_probe(lock_path(path))
+    if err is not None:
+        return storage_fault(err)
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return kind
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only"
+    return "disk full" if st.f_bavail * st.f_frsize < _NEARLY_FULL else kind
+
+
 def _open_error(path: Path, exc: BaseException) -> OutboxError:
     if path.is_dir():
         return OutboxError(f"outbox {path} is a directory, not an outbox file")
-    kind = storage_fault(exc) or "error"
-    return OutboxError(f"outbox {path}: {kind} ({exc})")
+    return OutboxError(f"outbox {path}: {diagnose(path, exc) or 'error'} ({exc})")
 
 
 def check_outbox(path: str | os.PathLike[str]) -> None:
@@ -140,7 +177,7 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} is a directory, not an outbox file")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd: int | None = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd: int | None = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: {storage_fault(e)} ({e.strerror or e})") from None
         try:

@@ -26,12 +26,12 @@ from edge_runtime.service.camera import Camera, safe_source
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import setup_logging
 from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
-from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, storage_fault
+from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, lock_path, storage_fault, write_probe
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.outputs.heartbeat import Heartbeat
 from edge_runtime.service.pipeline import Listener, Pipeline, decide_threshold
 from edge_runtime.service.storage import RejectStore
-from edge_runtime.service.storage_guard import StorageGuard, lock_file, write_probe
+from edge_runtime.service.storage_guard import StorageGuard
 from edge_runtime.service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
             check_outbox(path)
         except OutboxError as e:
             raise GladEdgeError(f"{key}: {e}") from None
-        err = write_probe(lock_file(path)) if path.parent.is_dir() else None
+        err = write_probe(lock_path(path)) if path.parent.is_dir() else None
         if err is not None:
             raise GladEdgeError(f"{key}: {path.parent} is not writable: {storage_fault(err)} ({err.strerror})")
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "

@@ -27,26 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_runtime.service.metrics import ServiceMetrics
-from edge_runtime.service.outbox import storage_fault
+from edge_runtime.service.outbox import diagnose, lock_path, storage_fault, write_probe
 
 RECOVER_FREE_BYTES = 1 << 20
-
-
-def write_probe(path: Path) -> OSError | None:
-    """Open ``path`` for writing (created when missing) and close it, writing nothing: the error when the
-    filesystem refuses writes (read-only, also the kernel's emergency read-only after a filesystem error,
-    which statvfs does not show). Opening an existing file changes nothing on disk, so this is cheap to
-    repeat on flash storage."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-    except OSError as e:
-        return e
-    return None
-
-
-def lock_file(outbox_path: Path) -> Path:
-    """The outbox's lock file (Outbox takes its flock there): the file the write probe opens."""
-    return outbox_path.with_name(outbox_path.name + ".lock")
 
 
 class StorageGuard:
@@ -71,12 +54,9 @@ class StorageGuard:
     def report(self, exc: BaseException) -> bool:
         """A write to the outbox failed with ``exc``. True (and the station faulted) when it is a storage
         fault; False for other errors (a message that is not JSON), which leave the state alone."""
-        kind = storage_fault(exc)
+        kind = diagnose(self.path, exc)
         if kind is None or kind == "outbox full":  # undelivered verdicts, not a disk fault: alarmed per part
             return False
-        if kind == "I/O error":  # SQLite says only "disk I/O error": ask the filesystem what it is
-            err = write_probe(lock_file(self.path))
-            kind = (storage_fault(err) if err is not None else None) or kind
         self._set(kind, f"{kind}: {self.path} ({exc})")
         return True
 
@@ -93,7 +73,7 @@ class StorageGuard:
         if free < self.min_free_bytes:
             return "disk full", (f"disk full: {free / 2**20:.1f} MiB free in {folder} "
                                  f"(storage.min_free_mb {self.min_free_bytes / 2**20:g})"), free
-        err = write_probe(lock_file(self.path))
+        err = write_probe(lock_path(self.path))
         if err is not None:
             kind = storage_fault(err) or "I/O error"
             return kind, f"{kind}: {folder} ({err.strerror or err})", free
