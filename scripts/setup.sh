@@ -35,3 +35,10 @@ if ! command -v systemd-analyze >/dev/null; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
+# Storage fault tests (tests/test_faults_storage.py) mount a small tmpfs and an ext4 image on a loop device:
+# mount/umount/findmnt (Debian packages mount, util-linux) and mkfs.ext4/e2fsck (e2fsprogs).
+if ! have mkfs.ext4 || ! have e2fsck || ! have findmnt || ! have mount; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs util-linux mount >/dev/null
+fi

@@ -216,12 +216,17 @@ class StorageConfig(_Strict):
     save: list[Literal["reject", "error"]] = Field(default_factory=lambda: ["reject", "error"])
     jpeg_quality: int = Field(90, ge=1, le=100)
     queue_size: int = Field(32, ge=1, le=4096, description="images waiting to be written; beyond, skipped")
+    min_free_mb: float = Field(16.0, ge=0, le=1_000_000, description="free space below this on the outbox's "
+                               "filesystem is a storage fault (station stalled) before writes start failing")
 
 
 class MetricsConfig(_Strict):
     port: int | None = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz; None: off, "
                              "0: any free port")
     host: str = Field("127.0.0.1", description="listen address; 0.0.0.0 to let a remote Prometheus scrape")
+    timeout_s: float = Field(5.0, gt=0, le=300, description="socket timeout per read/write: an idle client is "
+                             "disconnected after this")
+    max_connections: int = Field(8, ge=1, le=1024, description="connections served at once; more are closed")
 
 
 class LoggingConfig(_Strict):

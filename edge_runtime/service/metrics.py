@@ -3,6 +3,10 @@
 No client library: the exposition format (version 0.0.4) is a few lines of text per metric. The server
 runs in a daemon thread; ``/metrics`` renders the registry, ``/healthz`` answers 200 while the pipeline's
 liveness is good and 503 when it is stalled (or not started), with a JSON body saying why.
+
+Whoever can reach the port must not be able to use up the station: one thread per connection, at most
+``max_connections`` of them (a connection beyond is closed at once, unanswered), and a socket timeout of
+``timeout_s`` on every read and write, so an idle or stalled client gives its thread back.
 """
 
 from __future__ import annotations
@@ -183,23 +187,71 @@ class ServiceMetrics:
         self.heartbeats = r.add(Counter("glad_edge_heartbeats_total", "heartbeat beats sent", ("output",)))
         self.stored = r.add(Counter("glad_edge_rejects_stored_total", "reject/error images written"))
         self.storage_bytes = r.add(Gauge("glad_edge_rejects_bytes", "bytes used in storage.rejects_dir"))
+        self.storage_fault = r.add(Gauge("glad_edge_storage_fault",
+                                         "1 while the outbox's disk is full, read-only or corrupt"))
         self.stalled.set(0)
         self.camera_connected.set(0)
+        self.storage_fault.set(0)
 
 
 # -- HTTP --------------------------------------------------------------------------------------------
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at a time; connections beyond are closed."""
+
+    daemon_threads = True
+    request_queue_size = 64  # accepted (and refused) at once rather than left in the kernel's backlog
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            log.debug("metrics http: connection refused, all handler threads busy")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away mid-response: socketserver would print a traceback to stderr
+        log.debug("metrics http: connection from %s ended with an error", client_address, exc_info=True)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class MetricsServer:
     """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 alive / 503 stalled) in a thread."""
 
     def __init__(self, registry: Registry, health: Callable[[], tuple[bool, dict[str, Any]]],
-                 host: str = "127.0.0.1", port: int = 9108) -> None:
+                 host: str = "127.0.0.1", port: int = 9108, *, timeout_s: float = 5.0,
+                 max_connections: int = 8) -> None:
+        if timeout_s <= 0 or max_connections < 1:
+            raise ValueError(f"timeout_s must be > 0 and max_connections >= 1, got {timeout_s}, {max_connections}")
         self.registry = registry
         self.health = health
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = timeout_s  # applied to the socket by StreamRequestHandler.setup
+
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except (TimeoutError, ConnectionError):  # idle, slow or gone client
+                    self.close_connection = True
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -221,8 +273,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base)
                 log.debug("http " + format, *args)
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedHTTPServer((host, port), Handler, max_connections)
         self._thread: threading.Thread | None = None
 
     @property

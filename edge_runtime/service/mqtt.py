@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +80,9 @@ class MqttLink:
     ``outbox``: pass an open :class:`Outbox` to share one (the link then does not close it); by default the
     link opens ``config.outbox_path`` with ``config.outbox_max_rows`` at construction, so verdicts can be
     queued before :meth:`start`, and closes it in :meth:`stop`.
+
+    ``on_storage_error``: called with the exception when deleting acknowledged rows fails (disk full,
+    read-only, corrupt); those deletes are retried on later rounds, and the rows are at worst sent again.
     """
 
     def __init__(
@@ -90,8 +94,10 @@ class MqttLink:
         on_trigger: Callable[[dict[str, Any]], None] | None = None,
         model: dict[str, Any] | None = None,
         outbox: Outbox | None = None,
+        on_storage_error: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.config = config
+        self._on_storage_error = on_storage_error
         self.station = check_station(station)
         self.camera = camera
         self.model = dict(model) if model is not None else None
@@ -135,6 +141,8 @@ class MqttLink:
                 "triggers_dropped",
                 "triggers_invalid",
                 "sender_errors",
+                "unrecorded",
+                "ack_delete_errors",
             ),
             0,
         )
@@ -231,6 +239,13 @@ class MqttLink:
         :class:`OutboxFull` when the outbox holds ``outbox_max_rows`` undelivered verdicts (nothing stored:
         raise an alarm).
         """
+        seq = self.outbox.put(self._verdict_message(message))
+        self._count("verdicts")
+        self._wake.set()
+        return seq
+
+    def _verdict_message(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` checked (no seq: the outbox assigns it) and completed with the link's defaults."""
         if not isinstance(message, dict):
             raise TypeError(f"verdict message must be a dict, got {type(message).__name__}")
         if message.get("verdict") not in VERDICTS:
@@ -244,10 +259,18 @@ class MqttLink:
         msg.setdefault("ts", utc_now())
         if self.model is not None:
             msg.setdefault("model", self.model)
-        seq = self.outbox.put(msg)
-        self._count("verdicts")
-        self._wake.set()
-        return seq
+        return msg
+
+    def publish_unrecorded(self, message: dict[str, Any]) -> bool:
+        """Publish an "error" verdict that the outbox could not store (disk full, read-only, corrupt), once,
+        from memory, with no ``seq``: sent at QoS 1 when connected, not kept for a later reconnect or restart.
+        False when not connected."""
+        payload = encode_message(self._verdict_message(message))
+        if not self._connected.is_set():
+            return False
+        info = self._client.publish(self.topic_verdict, payload, qos=self.config.verdict_qos)
+        self._count("unrecorded")
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def set_status(self, state: str, **fields: Any) -> None:
         """Set the retained status (``state`` plus extra ``fields``, replacing earlier extras) and publish it now."""
@@ -318,7 +341,7 @@ class MqttLink:
         try:
             body["outbox_pending"] = self.outbox.count()
             body["last_seq"] = self.outbox.last_seq()
-        except OutboxError:
+        except (OutboxError, sqlite3.Error):  # a corrupt outbox: the status still goes out, stalled
             pass
         body.update(fields)
         return encode_message(body)
@@ -449,6 +472,7 @@ class MqttLink:
         hold_until = 0.0  # after a rejected publish: back off
         hb = self.config.heartbeat_s
         next_hb = time.monotonic() + hb
+        acked: list[int] = []  # PUBACKed seqs whose rows are not deleted yet (kept over a failed delete)
         while True:
             self._wake.wait(max(0.0, min(next_hb - time.monotonic(), 1.0)))
             self._wake.clear()
@@ -456,7 +480,6 @@ class MqttLink:
                 break
             try:
                 # 1. acknowledgements
-                acked: list[int] = []
                 rewind: int | None = None
                 while True:
                     try:
@@ -472,9 +495,9 @@ class MqttLink:
                         self._count("rejected")
                         log.warning("broker rejected verdict seq %d (%s); retrying later", seq, failure)
                         rewind = seq if rewind is None else min(rewind, seq)
-                if acked:
-                    self.outbox.ack_many(acked)
+                if acked and self._delete_acked(acked):
                     self._count("acked", len(acked))
+                    acked = []
                 if self._resync:
                     self._resync = False
                     log.error("lost track of PUBACKs; re-sending everything in the outbox")
@@ -507,6 +530,16 @@ class MqttLink:
                 self._count("sender_errors")
                 log.exception("MQTT sender error")
                 self._stopping.wait(0.5)
+
+    def _delete_acked(self, seqs: list[int]) -> bool:
+        try:
+            self.outbox.ack_many(seqs)
+            return True
+        except (OutboxError, sqlite3.Error) as e:
+            self._count("ack_delete_errors")
+            if self._on_storage_error is None or not self._on_storage_error(e):
+                raise
+            return False
 
     def _send_batch(self, inflight: dict[int, int], last_sent: int, gen: int) -> int:
         room = self._window() - len(inflight)

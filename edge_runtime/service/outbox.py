@@ -14,6 +14,11 @@ Bound: with ``max_rows`` set, :meth:`Outbox.put` raises :class:`OutboxFull` inst
 row; it never drops an older verdict to make room. The caller is expected to turn that error into
 an alarm (stop the line, light the stack light): verdicts are not being delivered.
 
+Storage faults (disk full, read-only, corrupt file): a failed transaction is rolled back when SQLite left
+it open, and the original error is raised, never a secondary "cannot rollback" one; nothing of it is
+stored and no seq is used. Errors at open are one-line :class:`OutboxError` messages that say which
+fault it is (:func:`storage_fault`).
+
 One process owns an outbox at a time (an ``flock`` on ``<path>.lock``, released by the kernel even
 on ``kill -9``); a second owner gets :class:`OutboxLocked`. Within the owner, every method is
 thread-safe (one connection, one lock).
@@ -21,18 +26,21 @@ thread-safe (one connection, one lock).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["Outbox", "OutboxError", "OutboxFull", "OutboxLocked", "encode_message"]
+__all__ = ["Outbox", "OutboxError", "OutboxFull", "OutboxLocked", "check_outbox", "diagnose", "encode_message",
+           "lock_path", "storage_fault", "write_probe"]
 
 _SCHEMA = 1
 
@@ -49,6 +57,107 @@ class OutboxLocked(OutboxError):
     """Another process owns this outbox."""
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """What kind of storage fault ``exc`` is: "disk full", "read-only", "corrupt", "I/O error", or None
+    when it is not a storage error (a bad message, a closed outbox)."""
+    if isinstance(exc, OutboxFull):
+        return "outbox full"
+    if isinstance(exc, OSError):
+        if exc.errno in _FULL:
+            return "disk full"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return "read-only"
+        return "I/O error"
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        text = str(exc).lower()
+        if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+            return "disk full"
+        if code == sqlite3.SQLITE_READONLY or "readonly" in text or "read-only" in text:
+            return "read-only"
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text or "not a database" in text:
+            return "corrupt"
+        if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+            return "I/O error"
+    return None
+
+
+def lock_path(path: Path) -> Path:
+    """The outbox's lock file (the owner's flock)."""
+    return path.with_name(path.name + ".lock")
+
+
+def write_probe(path: Path) -> OSError | None:
+    """Open ``path`` for writing (created when missing) and close it, writing nothing: the error when the
+    filesystem refuses writes (read-only, also the kernel's emergency read-only after a filesystem error,
+    which statvfs does not show). Opening an existing file changes nothing on disk: cheap to repeat."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError as e:
+        return e
+    return None
+
+
+_NEARLY_FULL = 64 << 10  # below this, an unexplained SQLite I/O error is taken for a full disk
+
+
+def diagnose(path: Path, exc: BaseException) -> str | None:
+    """:func:`storage_fault` of ``exc``; when SQLite says only "disk I/O error" (e.g. it could not grow its
+    shared-memory file), what the filesystem of ``path`` says instead: "read-only" or "disk full"."""
+    kind = storage_fault(exc)
+    if kind != "I/O error":
+        return kind
+    err = write_probe(lock_path(path))
+    if err is not None:
+        return storage_fault(err)
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return kind
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only"
+    return "disk full" if st.f_bavail * st.f_frsize < _NEARLY_FULL else kind
+
+
+def _open_error(path: Path, exc: BaseException) -> OutboxError:
+    if path.is_dir():
+        return OutboxError(f"outbox {path} is a directory, not an outbox file")
+    return OutboxError(f"outbox {path}: {diagnose(path, exc) or 'error'} ({exc})")
+
+
+def check_outbox(path: str | os.PathLike[str]) -> None:
+    """Read-only check of an outbox file without taking it over (``run --check``, also while a station
+    runs): OutboxError when it is a directory, not a database, corrupt or of another schema. A missing
+    file is fine (it is created on the first start)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutboxError(f"outbox {path} is a directory, not an outbox file")
+    if not path.exists():
+        return
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as e:
+        raise _open_error(path, e) from None
+    try:
+        ok = db.execute("PRAGMA quick_check").fetchone()[0]
+        if ok != "ok":
+            raise OutboxError(f"outbox {path}: corrupt ({ok})")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" in tables:
+            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if schema is not None and int(schema[0]) != _SCHEMA:
+                raise OutboxError(f"outbox {path}: schema {schema[0]}, this code reads {_SCHEMA}")
+        elif tables:
+            raise OutboxError(f"outbox {path}: not an outbox (tables {sorted(tables)})")
+    except sqlite3.Error as e:
+        raise _open_error(path, e) from None
+    finally:
+        db.close()
+
+
 def encode_message(message: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON. NaN/Infinity are refused (ValueError): they are not JSON."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -63,8 +172,14 @@ class Outbox:
         self.path = Path(path)
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._db: sqlite3.Connection | None = None
+        if self.path.is_dir():
+            raise OutboxError(f"outbox {self.path} is a directory, not an outbox file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd: int | None = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutboxError(f"outbox {self.path}: {storage_fault(e)} ({e.strerror or e})") from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,10 +187,11 @@ class Outbox:
             self._lock_fd = None
             raise OutboxLocked(f"outbox {self.path} is in use by another process") from None
         try:
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
             self._init_db()
+        except sqlite3.Error as e:
+            self.close()
+            raise _open_error(self.path, e) from None
         except BaseException:
             self.close()
             raise
@@ -88,8 +204,7 @@ class Outbox:
         if str(mode).lower() != "wal":
             raise OutboxError(f"outbox {self.path}: SQLite refused WAL mode (got {mode!r})")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(db):
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS outbox "
@@ -104,15 +219,28 @@ class Outbox:
             max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
             if self._meta(db, "next_seq") <= max_seq:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (max_seq + 1,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._rows = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> int:
         return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    @staticmethod
+    @contextmanager
+    def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT. On any error: roll back what SQLite left open (after a full disk it
+        has often rolled back itself) and raise the original error; a failing rollback is not raised over it."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection is unusable or already rolled back; the original error says why
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -131,8 +259,7 @@ class Outbox:
             raise TypeError(f"message must be a dict, got {type(message).__name__}")
         with self._lock:
             db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(db):
                 if self.max_rows is not None and self._rows >= self.max_rows:
                     oldest = db.execute("SELECT MIN(created) FROM outbox").fetchone()[0]
                     age = f", the oldest waiting {time.time() - oldest:.0f} s" if oldest is not None else ""
@@ -144,10 +271,6 @@ class Outbox:
                 payload = encode_message({**message, "seq": seq})
                 db.execute("INSERT INTO outbox (seq, payload, created) VALUES (?, ?, ?)", (seq, payload, time.time()))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self._rows += 1
             return seq
 
@@ -174,17 +297,25 @@ class Outbox:
             return 0
         with self._lock:
             db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(db):
                 before = db.total_changes
                 db.executemany("DELETE FROM outbox WHERE seq = ?", seqs)
                 deleted = db.total_changes - before
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self._rows -= deleted
             return deleted
+
+    def probe(self, integrity: bool = False) -> None:
+        """One durable write transaction that changes nothing a reader sees (a heartbeat row in ``meta``):
+        raises the storage error while the disk is full, read-only or the file corrupt. ``integrity``: also
+        run SQLite's ``quick_check`` (reads the whole file) first."""
+        with self._lock:
+            db = self._conn()
+            if integrity:
+                result = db.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+            with self._transaction(db):
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (int(time.time()),))
 
     def count(self) -> int:
         """Messages stored and not yet acked."""

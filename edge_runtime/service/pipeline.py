@@ -9,7 +9,12 @@ Invariant: every captured part gets exactly one verdict, ``"pass"``, ``"reject"`
 - a part older than ``pipeline.deadline_ms`` when an inspector picks it up, when the watchdog sweeps the
   queue, or when its inspection ends -> ``error`` (``"deadline"``): its verdict would come too late;
 - ``Detector.inspect`` raised, or returned a non-finite score -> ``error`` (``"inference"``);
-- parts still queued when the service stops -> ``error`` (``"shutdown"``).
+- parts still queued when the service stops -> ``error`` (``"shutdown"``);
+- the verdict cannot be recorded (``publish`` raised: disk full, read-only or corrupt outbox, outbox full)
+  -> ``error`` (``"storage"``, or ``"unrecorded"`` when the failure is not the disk's), whatever the
+  inspection found. Such a message has no ``seq`` (none was committed; it is never ``null``); it still
+  goes to the reject outputs, to ``publish_unrecorded`` (MQTT straight from memory, when connected), the
+  log and the listeners, and the exception goes to ``on_storage_error`` (the station's storage guard).
 
 Only the output stage emits: it builds the verdict message (docs/contracts.md), gets its ``seq`` from
 ``publish`` (MqttLink.publish_verdict, or the local durable counter), fires the reject outputs for a
@@ -42,6 +47,7 @@ from edge_runtime.service.camera import Camera, Frame
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import rfc3339
 from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.service.outbox import storage_fault
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.storage import RejectStore
 
@@ -50,6 +56,7 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 PublishFn = Callable[[dict[str, Any]], int]
 Listener = Callable[[dict[str, Any]], None]
+StorageErrorFn = Callable[[BaseException], bool]
 
 
 class _Closed:
@@ -128,7 +135,7 @@ class BoundedQueue:
 class Part:
     frame: Frame
     verdict: str | None = None  # "pass" | "reject" | "error"
-    error_kind: str | None = None  # frame | overload | deadline | inference | shutdown
+    error_kind: str | None = None  # frame | overload | deadline | inference | shutdown | storage | unrecorded
     error: str | None = None
     result: InspectionResult | None = None
     inspect_ms: float | None = None
@@ -175,7 +182,8 @@ class Pipeline:
     def __init__(self, cfg: ServiceConfig, detectors: Sequence[Any], camera: Camera, *, publish: PublishFn,
                  threshold: float, model: dict[str, str], outputs: Sequence[SignalOutput] = (),
                  store: RejectStore | None = None, metrics: ServiceMetrics | None = None,
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (), on_storage_error: StorageErrorFn | None = None,
+                 publish_unrecorded: Listener | None = None) -> None:
         if not detectors:
             raise ValueError("at least one detector")
         self.cfg = cfg
@@ -188,6 +196,8 @@ class Pipeline:
         self.store = store
         self.metrics = metrics
         self.listeners = list(listeners)
+        self.on_storage_error = on_storage_error
+        self.publish_unrecorded = publish_unrecorded
         p = cfg.pipeline
         self.deadline_s = p.deadline_ms / 1000.0 if p.deadline_ms else None
         self.inspect_q = BoundedQueue(p.queue_size)
@@ -403,18 +413,28 @@ class Pipeline:
         finally:
             self.finished.set()
 
+    def _unrecorded(self, part: Part, msg: dict[str, Any], exc: Exception) -> None:
+        """``publish`` failed, so no seq was committed: the part becomes an "error" verdict without seq."""
+        storage = self.on_storage_error(exc) if self.on_storage_error is not None else False
+        fault = storage_fault(exc) or type(exc).__name__
+        part.verdict, part.error_kind = "error", "storage" if storage else "unrecorded"
+        part.error = f"verdict {msg['verdict']} not recorded: {fault} ({exc})"
+        msg.update(verdict="error", error_kind=part.error_kind, error=part.error)
+        if self.metrics is not None:
+            self.metrics.alarms.inc(alarm="publish_failed")
+        if self.publish_unrecorded is not None:
+            try:
+                self.publish_unrecorded(dict(msg))
+            except Exception as e:  # the broker is away too: the reject outputs and the log still have it
+                log.debug("unrecorded verdict not published: %s", e)
+
     def _output(self, part: Part) -> None:
         msg = self.build_message(part)
-        verdict = msg["verdict"]
         try:
-            seq: int | None = self.publish(dict(msg))
-        except Exception as e:  # OutboxFull, disk error: the line still gets its reject signal below
-            seq = None
-            log.error("verdict not stored", extra={"fields": {"event": "alarm", "alarm": "publish_failed",
-                                                              "frame_id": msg["frame_id"], "error": str(e)}})
-            if self.metrics is not None:
-                self.metrics.alarms.inc(alarm="publish_failed")
-        msg["seq"] = seq
+            msg["seq"] = self.publish(dict(msg))
+        except Exception as e:  # disk full / read-only / corrupt, OutboxFull: an error verdict, no seq
+            self._unrecorded(part, msg, e)
+        verdict = msg["verdict"]
         fire = verdict == "reject" or (verdict == "error" and self.cfg.pipeline.error_fires_reject)
         if fire:
             for out in self.outputs:
@@ -433,7 +453,7 @@ class Pipeline:
             amap = part.result.anomaly_map if part.result is not None else None
             self.store.save({**msg, "_t": part.frame.ts}, part.frame.image, amap, self.threshold)
         if self.cfg.logging.verdicts:
-            fields = {k: msg[k] for k in ("seq", "frame_id", "verdict", "score", "latency_ms")}
+            fields = {k: msg[k] for k in ("seq", "frame_id", "verdict", "score", "latency_ms") if k in msg}
             fields["event"] = "verdict"
             for k in ("error_kind", "error", "source"):
                 if k in msg:

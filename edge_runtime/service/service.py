@@ -26,11 +26,12 @@ from edge_runtime.service.camera import Camera, safe_source
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import setup_logging
 from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
-from edge_runtime.service.outbox import Outbox, OutboxError
+from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, lock_path, storage_fault, write_probe
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.outputs.heartbeat import Heartbeat
 from edge_runtime.service.pipeline import Listener, Pipeline, decide_threshold
 from edge_runtime.service.storage import RejectStore
+from edge_runtime.service.storage_guard import StorageGuard
 from edge_runtime.service.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -76,21 +77,44 @@ def watchdog_interval_s() -> float | None:
 class LocalSeq:
     """Verdict numbering when MQTT is disabled: the same durable Outbox (sqlite, fsync per commit) the
     MQTT link uses, each row acknowledged at once, so seq never repeats across restarts and continues
-    when MQTT is switched on with the same ``outbox_path`` (default ``<state_dir>/outbox.sqlite3``)."""
+    when MQTT is switched on with the same ``outbox_path`` (default ``<state_dir>/outbox.sqlite3``).
 
-    def __init__(self, path: Path) -> None:
-        try:
-            self.outbox = Outbox(path)
-        except (OSError, OutboxError) as e:
-            raise GladEdgeError(f"storage.state_dir: cannot open {path} ({e})") from None
+    The seq is committed by ``put``; the delete after it only keeps the file small. When that delete
+    fails (disk full) the seq is still the verdict's, the error goes to ``on_storage_error``, and the
+    delete is retried with the next verdict."""
+
+    def __init__(self, path: Path, on_storage_error: Callable[[BaseException], bool] | None = None) -> None:
+        self.outbox = open_outbox(path, "storage.state_dir")
+        self.on_storage_error = on_storage_error
+        self._undeleted: list[int] = []
 
     def publish_verdict(self, message: dict[str, Any]) -> int:
         seq = self.outbox.put(message)
-        self.outbox.ack(seq)
+        self._undeleted.append(seq)
+        try:
+            self.outbox.ack_many(self._undeleted)
+            self._undeleted = []
+        except Exception as e:  # the seq is committed: it stays this verdict's, whatever the delete did
+            if self.on_storage_error is None or not self.on_storage_error(e):
+                log.warning("local outbox: delete of committed rows failed", extra={"fields": {"error": str(e)}})
         return seq
 
     def close(self) -> None:
         self.outbox.close()
+
+
+def open_outbox(path: Path, key: str, max_rows: int | None = None) -> Outbox:
+    """The outbox, or one GladEdgeError line saying which fault stops it (corrupt, a directory, read-only)."""
+    try:
+        return Outbox(path, max_rows=max_rows)
+    except OutboxError as e:
+        raise GladEdgeError(f"{key}: {e}") from None
+    except OSError as e:
+        raise GladEdgeError(f"{key}: cannot open {path} ({e.strerror or e})") from None
+
+
+def outbox_path(cfg: ServiceConfig) -> Path:
+    return Path(cfg.mqtt.outbox_path) if cfg.mqtt is not None else cfg.storage.state_dir / "outbox.sqlite3"
 
 
 def load_detectors(cfg: ServiceConfig) -> list[Any]:
@@ -139,6 +163,7 @@ class Service:
         self.watchdog: Watchdog | None = None
         self.heartbeat: Heartbeat | None = None
         self.camera: Camera | None = None
+        self.guard = StorageGuard(outbox_path(cfg), int(cfg.storage.min_free_mb * 2**20), metrics=self.metrics)
         self.state = "starting"
         self._stopped = False
 
@@ -201,17 +226,20 @@ class Service:
             from edge_runtime.service.mqtt import MqttLink
 
             on_trigger = self._on_trigger if cfg.camera.trigger == "software" else None
+            outbox = open_outbox(self.guard.path, "mqtt.outbox_path", cfg.mqtt.outbox_max_rows)
             try:
                 self.link = MqttLink(cfg.mqtt, cfg.station, camera=cfg.camera.name, on_trigger=on_trigger,
-                                     model=model)
-            except (OSError, OutboxError) as e:
-                raise GladEdgeError(f"mqtt.outbox_path: cannot open {cfg.mqtt.outbox_path} ({e})") from None
-            publish = self.link.publish_verdict
+                                     model=model, outbox=outbox, on_storage_error=self.guard.report)
+            except BaseException:
+                outbox.close()
+                raise
+            publish, unrecorded = self.link.publish_verdict, self.link.publish_unrecorded
         else:
             if cfg.camera.trigger == "software":
                 log.warning("camera.trigger is software but MQTT is disabled: only in-process triggers will fire")
-            self.local_seq = LocalSeq(cfg.storage.state_dir / "outbox.sqlite3")
-            publish = self.local_seq.publish_verdict
+            self.local_seq = LocalSeq(self.guard.path, on_storage_error=self.guard.report)
+            outbox, publish, unrecorded = self.local_seq.outbox, self.local_seq.publish_verdict, None
+        self.guard.probe = outbox.probe
 
         o, hb = cfg.outputs, cfg.outputs.heartbeat
         if o.serial is not None:
@@ -230,15 +258,18 @@ class Service:
                                      metrics=self.metrics)
         self.pipeline = Pipeline(cfg, detectors, self.camera, publish=publish, threshold=threshold, model=model,
                                  outputs=self.outputs, store=self.store, metrics=self.metrics,
-                                 listeners=self.listeners)
-        self.watchdog = Watchdog(cfg, self.pipeline, self.camera, metrics=self.metrics, on_change=self._on_watchdog)
+                                 listeners=self.listeners, on_storage_error=self.guard.report,
+                                 publish_unrecorded=unrecorded)
+        self.watchdog = Watchdog(cfg, self.pipeline, self.camera, metrics=self.metrics, on_change=self._on_watchdog,
+                                 sources=[self.guard.problems])
         beaters = [out for out in self.outputs if (out.name == "serial" and hb.serial_message is not None)
                    or (out.name == "modbus" and (hb.modbus_coil is not None or hb.modbus_register is not None))]
         self.heartbeat = Heartbeat(beaters, self.alive, hb.period_s, metrics=self.metrics)
 
         if cfg.metrics.port is not None:
             try:
-                self.http = MetricsServer(self.metrics.registry, self.health, cfg.metrics.host, cfg.metrics.port)
+                self.http = MetricsServer(self.metrics.registry, self.health, cfg.metrics.host, cfg.metrics.port,
+                                          timeout_s=cfg.metrics.timeout_s, max_connections=cfg.metrics.max_connections)
             except OSError as e:
                 raise GladEdgeError(f"metrics.port: cannot listen on {cfg.metrics.host}:{cfg.metrics.port} "
                                     f"({e.strerror or e})") from None
@@ -328,6 +359,7 @@ class Service:
         if self.link is not None:
             self.link.flush(timeout=2.0)
             self.link.stop()
+            self.link.outbox.close()  # the service opened it
         if self.local_seq is not None:
             self.local_seq.close()
         if self.http is not None:
@@ -353,6 +385,14 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
         camera = Camera(cfg.camera)
         camera.check()
         camera.source.close()
+        key, path = "mqtt.outbox_path" if cfg.mqtt else "storage.state_dir", outbox_path(cfg)
+        try:  # read-only: a running station may own it
+            check_outbox(path)
+        except OutboxError as e:
+            raise GladEdgeError(f"{key}: {e}") from None
+        err = write_probe(lock_path(path)) if path.parent.is_dir() else None
+        if err is not None:
+            raise GladEdgeError(f"{key}: {path.parent} is not writable: {storage_fault(err)} ({err.strerror})")
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "
               f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}")
         return 0

@@ -59,6 +59,8 @@ class RejectStore:
         self.total = 0
         self.skipped = 0
         self.written = 0
+        self.failed = 0
+        self._failing = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -98,8 +100,16 @@ class RejectStore:
             try:
                 self._write(*item)
             except Exception as e:  # a full or read-only disk must not stop the station
-                log.error("reject storage write failed", extra={"fields": {"event": "storage_error",
-                                                                            "error": str(e)}})
+                self.failed += 1
+                if not self._failing:  # one line per episode, not one per part while the disk is full
+                    log.error("reject storage write failed", extra={"fields": {"event": "storage_error",
+                                                                                "error": str(e)}})
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("reject storage writing again", extra={"fields": {"event": "storage_ok",
+                                                                                   "failed": self.failed}})
+                self._failing = False
 
     def _add(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")

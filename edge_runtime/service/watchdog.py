@@ -8,10 +8,12 @@ Stalled when any of these holds (``watchdog.*``):
 - ``inference_stuck``: one ``Detector.inspect`` running longer than ``inference_timeout_s`` (default
   2 x deadline, or 30 s);
 - ``output_stuck``: one verdict held in the output stage longer than ``output_timeout_s``;
-- ``capture_failed``: the capture stage died.
+- ``capture_failed``: the capture stage died;
+- whatever an extra source reports (``sources``): ``storage`` from :class:`StorageGuard` (disk full,
+  read-only, corrupt outbox).
 
-On every change: an alarm log line (``event: alarm``), ``glad_edge_stalled``, and ``on_change(state,
-fields)`` (the service forwards it to ``MqttLink.set_status``). While stalled, :meth:`Watchdog.ok` is
+On every change: an alarm log line per newly found problem (``event: alarm``), ``glad_edge_stalled``, and
+``on_change(state, fields)`` (the service forwards it to ``MqttLink.set_status``). While stalled, :meth:`Watchdog.ok` is
 false: the heartbeat output stops (the PLC sees a dead station), ``/healthz`` answers 503 and systemd's
 WATCHDOG=1 pings stop (systemd restarts the service after WatchdogSec). The same thread sweeps parts
 past their deadline out of the inspect queue (:meth:`Pipeline.reap_expired`).
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_runtime.service.camera import Camera
@@ -36,8 +38,10 @@ log = logging.getLogger(__name__)
 class Watchdog:
     def __init__(self, cfg: ServiceConfig, pipeline: Pipeline, camera: Camera, *,
                  metrics: ServiceMetrics | None = None,
-                 on_change: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_change: Callable[[str, dict[str, Any]], None] | None = None,
+                 sources: Sequence[Callable[[], dict[str, str]]] = ()) -> None:
         self.cfg = cfg
+        self.sources = list(sources)
         self.pipeline = pipeline
         self.camera = camera
         self.metrics = metrics
@@ -66,6 +70,8 @@ class Watchdog:
         busy = p.output_busy_since
         if busy is not None and now - busy > w.output_timeout_s:
             found["output_stuck"] = f"output stage busy for {now - busy:.1f} s"
+        for source in self.sources:
+            found.update(source())
         return found
 
     def ok(self) -> bool:
@@ -76,13 +82,13 @@ class Watchdog:
         if self.metrics is not None:
             self.metrics.camera_connected.set(1 if self.camera.connected else 0)
         found = self.problems_now()
+        for kind in found.keys() - self.problems.keys():
+            log.error(f"pipeline stalled: {found[kind]}", extra={"fields": {"event": "alarm", "alarm": kind,
+                                                                             "detail": found[kind]}})
+            if self.metrics is not None:
+                self.metrics.alarms.inc(alarm=kind)
         if found and self.state != "stalled":
             self.state, self.problems, self.stalled_since = "stalled", found, time.monotonic()
-            for kind, text in found.items():
-                log.error(f"pipeline stalled: {text}", extra={"fields": {"event": "alarm", "alarm": kind,
-                                                                          "detail": text}})
-                if self.metrics is not None:
-                    self.metrics.alarms.inc(alarm=kind)
             self._changed()
         elif found and found.keys() != self.problems.keys():
             self.problems = found

@@ -181,6 +181,7 @@ def template_fields(message: dict[str, Any], n: int = 0) -> dict[str, Any]:
     fields = {k: ("" if v is None else v) for k, v in message.items() if not isinstance(v, dict | list)}
     fields.setdefault("error", "")
     fields.setdefault("source", "")
+    fields.setdefault("seq", "")  # an unrecorded verdict has none
     fields["regions"] = len(message.get("regions") or [])
     fields["model_version"] = (message.get("model") or {}).get("version", "")
     fields["VERDICT"] = str(message.get("verdict", "")).upper()
