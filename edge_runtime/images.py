@@ -46,8 +46,8 @@ def decode_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             return _to_rgb(im)
     except ImageFileError:
         raise
-    except Image.DecompressionBombError as e:  # Pillow's own bound, only when max_pixels exceeds it
-        raise ImageFileError(f"over Pillow's pixel bound ({e})") from None
+    except Image.DecompressionBombError as e:  # Image.open's own check (twice PILLOW_MAX_PIXELS >= max_pixels)
+        raise ImageFileError(f"over limits.max_frame_pixels ({max_pixels}); not decoded ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's decoders raise these for bad data
         raise ImageFileError(f"not a readable image ({e})") from None
 
