@@ -333,6 +333,8 @@ def test_trigger_parsing_and_copying() -> None:
         with pytest.raises(TriggerRefused) as e:
             parse_trigger(bad, lim)
         assert e.value.reason == "invalid", bad
+    with pytest.raises(TriggerRefused, match="nested too deeply"):  # 16 kB of "[": a RecursionError inside json
+        parse_trigger(b"[" * 16_000, LimitsConfig())
     fields, dropped = copy_fields({"a": 1, "long_key": 2, "b": float("nan"), "c": "12345678", "d": 4}, lim)
     # "long_key": name too long; "b": not finite JSON; "c": 10 bytes as JSON; "d" is the second field copied
     assert (fields, dropped) == ({"a": 1, "d": 4}, 3)
@@ -437,6 +439,7 @@ def test_frame_faults_in_a_station(small_bundle: Path, tmp_path: Path, broker: B
         except ValueError:
             not_json.append(line)
     assert not not_json, not_json[:5]
+    assert not [line for line in lines if '"exit_threads"' in line], "a worker thread outlived the stop"
     print(f"20000x20000 PNG ({size / 1e6:.2f} MB): peak RSS {peak_mb:.0f} MB")
 
 

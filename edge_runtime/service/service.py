@@ -350,8 +350,11 @@ class Service:
 
 
 def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: bool = False,
-                listeners: Sequence[Callable[[dict[str, Any]], None]] = ()) -> int:
-    """``glad-edge run``: load the config, then run (or, with ``check``, validate and load the bundle only)."""
+                listeners: Sequence[Callable[[dict[str, Any]], None]] = (), hard_exit: bool = False) -> int:
+    """``glad-edge run``: load the config, then run (or, with ``check``, validate and load the bundle only).
+
+    ``hard_exit`` (the CLI's process only, never a host process such as a test runner): when a thread the
+    service started is still running after the stop, end the process at once with the exit status."""
     from edge_runtime.service.config import load_config
 
     cfg = load_config(config, list(overrides))
@@ -364,9 +367,10 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "
               f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}")
         return 0
+    before = set(threading.enumerate())
     rc = Service(cfg, listeners=listeners).run()
-    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
-    if left:
+    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    if left and hard_exit:
         # A thread still inside native code (OpenCV, onnxruntime) when the interpreter tears down aborts the
         # process with "terminate called without an active exception": end without the teardown instead.
         log.error("threads still running at exit; ending the process without interpreter teardown",
