@@ -50,6 +50,7 @@ from edge_runtime.service.storage import RejectStore
 from edge_runtime.service.triggers import TriggerRefused, copy_fields, parse_trigger
 
 REPO = Path(__file__).resolve().parents[1]
+HUGE_TRIGGERS = 6
 FAST = {"threads": 1, "warmup": 0, "sampler": "fast", "steps": 2, "check_every": 2}
 
 
@@ -294,13 +295,14 @@ def test_hostile_trigger_payloads(small_bundle: Path, tmp_path: Path, broker: Br
         for payload in hostile:
             pub.send(topic, payload)
         pub.send(topic, good[1])
-        for _ in range(3):
+        for _ in range(HUGE_TRIGGERS):
             pub.send(topic, huge)
         pub.send(topic, good[2])
-        wait_for(lambda: len(consumer.snapshot()) >= 3 and station.refused() >= 8, 60, "verdicts and refusals")
+        wait_for(lambda: len(consumer.snapshot()) >= 3 and station.refused() >= len(hostile) + HUGE_TRIGGERS, 60,
+                 "verdicts and refusals")
         time.sleep(0.5)  # a late, wrong verdict would show up now
         assert station.metric("glad_edge_triggers_refused_total", reason="invalid") == len(hostile)
-        assert station.metric("glad_edge_triggers_refused_total", reason="too_large") == 3
+        assert station.metric("glad_edge_triggers_refused_total", reason="too_large") == HUGE_TRIGGERS
         assert station.metric("glad_edge_triggers_accepted_total") == 3
         rss_growth = station.peak_rss_mb() - rss_before
         outbox_mb = sum(p.stat().st_size for p in tmp_path.glob("outbox.sqlite3*")) / 1e6
@@ -315,8 +317,11 @@ def test_hostile_trigger_payloads(small_bundle: Path, tmp_path: Path, broker: Br
     assert "big" not in got[1]["trigger"] and got[1]["trigger_fields_dropped"] == 1
     assert all(m["verdict"] == "reject" for m in got)
     # ten 30 MB payloads took a station from 147 MB to 981 MB and 600 MB of files before; now each is refused
-    # before it is parsed (paho holds one message at a time)
-    assert rss_growth < 200 and outbox_mb < 5 and rejects_mb < 5, (rss_growth, outbox_mb, rejects_mb)
+    # before it is parsed: the peak is what the MQTT client holds while it reads one message (a few copies
+    # of 30 MB), whatever the number of messages
+    assert rss_growth < 300 and outbox_mb < 5 and rejects_mb < 5, (rss_growth, outbox_mb, rejects_mb)
+    print(f"{HUGE_TRIGGERS} x 30 MB triggers: peak RSS +{rss_growth:.0f} MB, outbox {outbox_mb:.2f} MB, "
+          f"rejects {rejects_mb:.2f} MB")
 
 
 def test_trigger_parsing_and_copying() -> None:
