@@ -36,7 +36,7 @@ session that discards queued messages (broker limits, expired sessions) loses th
 reach. A full outbox raises :class:`OutboxFull` from publish_verdict: turn it into an alarm.
 
 All queues are bounded: the outbox (``outbox_max_rows``), the in-flight window, paho's message store
-(``max_inflight`` plus room for status messages), the PUBACK event queue and the trigger queue (64; when a
+(``max_inflight`` plus room for status messages), the PUBACK event queue and the trigger queue (1024; when a
 slow ``on_trigger`` lets it fill, further triggers are refused, reported to ``on_refused`` and counted in
 ``stats()``).
 """
@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = frozenset({"pass", "reject", "error"})
 STATUS_SCHEMA = 1
-TRIGGER_QUEUE_SIZE = 64
+TRIGGER_QUEUE_SIZE = 1024  # a burst of triggers waits here rather than being refused; 16 kB each at most
 _RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts"})
 _STATUS_SLACK = 64  # paho message-store room kept for status messages on top of the verdict window
 
