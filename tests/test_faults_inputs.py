@@ -615,3 +615,23 @@ def test_service_score_equal_to_threshold_passes(small_bundle: Path, tmp_path: P
         assert len(got) == 1 and got[0]["score"] == score and got[0]["threshold"] == threshold
         verdicts.append(got[0]["verdict"])
     assert verdicts == ["pass", "reject"]
+
+
+def test_video_source_over_the_pixel_limit_is_refused_at_open(tmp_path: Path) -> None:
+    """A video (or live camera) whose frames are over limits.max_frame_pixels is refused when it opens, from its
+    reported frame size, before any frame is decoded into a part."""
+    from edge_runtime.service.camera import Camera, CameraError
+    from edge_runtime.service.config import CameraConfig
+
+    video = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(3):
+        writer.write(cv2.cvtColor(part_image("noise", i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    cfg = CameraConfig(source=str(video))
+    with pytest.raises(CameraError, match="64x48 frames are over limits.max_frame_pixels"):
+        Camera(cfg, limits=LimitsConfig(max_frame_pixels=64 * 48 - 1)).check()
+    cam = Camera(cfg, limits=LimitsConfig(max_frame_pixels=64 * 48))
+    cam.check()
+    frames = list(cam.frames(threading.Event()))
+    assert len(frames) == 3 and all(f.image is not None and f.image.shape == (48, 64, 3) for f in frames)
