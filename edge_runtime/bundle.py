@@ -25,7 +25,7 @@ MODEL_ROLES = ("unet", "vae_encoder", "vae_decoder", "dino", "dino_adaptive")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # "threshold": NaN would pass every part
 
 
 class FileEntry(_Strict):

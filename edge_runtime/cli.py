@@ -330,7 +330,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.service.service import run_service
 
-    return run_service(args.config, args.overrides, check=args.check)
+    return run_service(args.config, args.overrides, check=args.check, hard_exit=True)
 
 
 COMMANDS = {

@@ -16,7 +16,7 @@ from edge_runtime.device_pipeline import DevicePipeline
 from edge_runtime.engines import Engine, available_backends, load_engine
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.preprocess import resize_rgb, to_model_input, to_rgb8
-from edge_runtime.result import InspectionResult
+from edge_runtime.result import InspectionResult, anomalous
 from edge_runtime.sampler import ddim_step, noised, plan, predict_x0
 from edge_runtime.schedule import alphas_cumprod
 
@@ -169,7 +169,7 @@ class Detector:
             adaptive_step=adaptive_step,
             reconstruction=to_rgb8(recon),
             timings_ms=timings,
-            is_anomalous=None if self.threshold is None else bool(score > self.threshold),
+            is_anomalous=anomalous(score, self.threshold),
             model_calls=calls,
         )
 

@@ -24,7 +24,7 @@ from edge_runtime.device import Buffer, Device
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.kernels import launch as kl
 from edge_runtime.preprocess import resize_rgb, to_model_input, to_rgb8
-from edge_runtime.result import InspectionResult
+from edge_runtime.result import InspectionResult, anomalous
 from edge_runtime.sampler import plan
 from edge_runtime.schedule import alphas_cumprod
 
@@ -227,7 +227,7 @@ class DevicePipeline:
             adaptive_step=adaptive_step,
             reconstruction=reconstruction,
             timings_ms=timings,
-            is_anomalous=None if self.threshold is None else bool(score > self.threshold),
+            is_anomalous=anomalous(score, self.threshold),
             model_calls=calls,
         )
 

@@ -18,7 +18,7 @@ from edge_runtime.errors import GladEdgeError
 class GladConfig(BaseModel):
     """Everything docs/reference.md calls a per-class hyper-parameter, plus geometry and noise."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     resolution: int = Field(512, gt=0, description="R: input resize and VAE resolution")
     dino_resolution: int = Field(256, gt=0, description="R_d: resolution of the anomaly map")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,3 +17,14 @@ class InspectionResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     is_anomalous: bool | None = None  # set where a calibrated threshold exists
     model_calls: dict[str, int] = field(default_factory=dict)
+
+
+def anomalous(score: float, threshold: float | None) -> bool | None:
+    """The decision against a calibrated threshold: anomalous only when the score is *above* it (a score
+    equal to the threshold is normal). Fail-safe: a score or threshold that is not a finite number is
+    anomalous, never normal (``nan > t`` would be false). None without a threshold."""
+    if threshold is None:
+        return None
+    if not (math.isfinite(score) and math.isfinite(threshold)):
+        return True
+    return bool(score > threshold)

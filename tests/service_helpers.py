@@ -48,7 +48,7 @@ MOSQUITTO = shutil.which("mosquitto") or next(
 class Broker:
     """A private mosquitto: own port, persistence in a tmp dir (keeps persistent sessions over restarts)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: str = "") -> None:
         self.root = root
         self.port = free_port()
         self.conf = root / "mosquitto.conf"
@@ -61,6 +61,7 @@ class Broker:
             f"log_dest file {self.log}\n"
             # as root, mosquitto would drop to user 'mosquitto', who cannot write the tmp dir
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            + extra  # more mosquitto.conf lines
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -13,6 +13,14 @@ live camera is reopened with exponential backoff; in software-trigger mode every
 meanwhile still becomes a part, with an error frame. Replay sources (video, image, folder) read on demand.
 
 Every yielded :class:`Frame` is one part: either ``image`` (HxWx3 uint8 RGB) or ``error`` is set.
+Image files are checked against ``limits.max_frame_pixels`` from their header before decoding, and a
+truncated file is an error frame (:func:`edge_runtime.images.decode_image_file`); a frame from a video or
+a live camera is checked when the source opens (its reported size) and again after decoding.
+
+Software triggers: :meth:`Camera.trigger` takes one (its fields copied within the limits, see
+:mod:`edge_runtime.service.triggers`) and returns True, or refuses it (False) once the camera no longer
+takes triggers. Every trigger taken becomes exactly one part: with a frame, as an error frame when the
+queue is full or the camera is lost, or, when capture ends, as an error frame before :meth:`frames` returns.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ import cv2
 import numpy as np
 
 from edge_runtime.errors import GladEdgeError
-from edge_runtime.service.config import Backoff, CameraConfig
+from edge_runtime.images import DEFAULT_MAX_PIXELS, ImageFileError, decode_image_file
+from edge_runtime.service.config import Backoff, CameraConfig, LimitsConfig
+from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.service.triggers import copy_fields
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +68,8 @@ class Frame:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def validate_frame(img: object, bgr: bool = True) -> tuple[np.ndarray | None, str | None]:
+def validate_frame(img: object, bgr: bool = True,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray | None, str | None]:
     """OpenCV output -> (HxWx3 uint8 RGB, None) or (None, reason)."""
     if img is None:
         return None, "empty frame (no image returned)"
@@ -67,6 +79,8 @@ def validate_frame(img: object, bgr: bool = True) -> tuple[np.ndarray | None, st
         return None, f"empty or malformed frame of shape {tuple(img.shape)}"
     if img.dtype != np.uint8:
         return None, f"frame dtype {img.dtype}, expected uint8"
+    if img.shape[0] * img.shape[1] > max_pixels:
+        return None, f"frame of {img.shape[1]}x{img.shape[0]} pixels is over limits.max_frame_pixels ({max_pixels})"
     channels = 1 if img.ndim == 2 else img.shape[2]
     if channels == 1:
         rgb = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
@@ -142,8 +156,10 @@ class FolderSource:
 
     live = False
 
-    def __init__(self, path: Path, extensions: list[str], stop_at_end: bool, single: bool = False) -> None:
+    def __init__(self, path: Path, extensions: list[str], stop_at_end: bool, single: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.path = path
+        self.max_pixels = max_pixels
         self.extensions = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
         self.stop_at_end = stop_at_end
         self.single = single
@@ -177,17 +193,10 @@ class FolderSource:
                 return _Read("end" if self.stop_at_end else "idle")
         path = self._pending.pop(0)
         try:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        except cv2.error as e:  # some decoders raise instead of returning None
-            bgr, err = None, str(e).strip().splitlines()[-1]
-        else:
-            err = None
-        if bgr is None:
-            return _Read("error", error=f"{path.name}: not a readable image" + (f" ({err})" if err else ""),
-                         name=path.name)
-        img, problem = validate_frame(bgr)
-        return _Read("error", error=f"{path.name}: {problem}", name=path.name) if problem else _Read(
-            "ok", image=img, name=path.name)
+            img = decode_image_file(path, self.max_pixels)
+        except ImageFileError as e:
+            return _Read("error", error=f"{path.name}: {e}", name=path.name)
+        return _Read("ok", image=img, name=path.name)
 
     def close(self) -> None:
         pass
@@ -196,9 +205,10 @@ class FolderSource:
 class CaptureSource:
     """cv2.VideoCapture: V4L2 device, URL, GStreamer pipeline or video file."""
 
-    def __init__(self, cfg: CameraConfig, kind: str) -> None:
+    def __init__(self, cfg: CameraConfig, kind: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.cfg = cfg
         self.kind = kind
+        self.max_pixels = max_pixels
         self.live = kind in LIVE_KINDS
         self.cap: cv2.VideoCapture | None = None
         self.name = Path(str(cfg.source)).name if kind == "video" else None
@@ -231,6 +241,11 @@ class CaptureSource:
         if not cap.isOpened():
             cap.release()
             raise CameraError(f"camera {safe_source(self.cfg.source)!r}: cannot open ({self.kind})")
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w * h > self.max_pixels:  # refuse before the first frame is decoded, not per part
+            cap.release()
+            raise CameraError(f"camera {safe_source(self.cfg.source)!r}: {w}x{h} frames are over "
+                              f"limits.max_frame_pixels ({self.max_pixels})")
         if self.kind == "device":
             if self.cfg.fourcc:
                 cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.cfg.fourcc))
@@ -244,7 +259,7 @@ class CaptureSource:
     def _validated(self, ok: bool, img: np.ndarray | None) -> _Read:
         if not ok:
             return _Read("lost", error="camera returned no frame")
-        image, problem = validate_frame(img)
+        image, problem = validate_frame(img, max_pixels=self.max_pixels)
         return _Read("error", error=problem, name=self.name) if problem else _Read("ok", image=image, name=self.name)
 
     def read(self) -> _Read:
@@ -274,11 +289,12 @@ class CaptureSource:
             self.cap = None
 
 
-def make_source(cfg: CameraConfig) -> FolderSource | CaptureSource:
+def make_source(cfg: CameraConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> FolderSource | CaptureSource:
     kind = resolve_kind(cfg)
     if kind in ("folder", "image"):
-        return FolderSource(Path(str(cfg.source)), cfg.extensions, cfg.stop_at_end, single=kind == "image")
-    return CaptureSource(cfg, kind)
+        return FolderSource(Path(str(cfg.source)), cfg.extensions, cfg.stop_at_end, single=kind == "image",
+                            max_pixels=max_pixels)
+    return CaptureSource(cfg, kind, max_pixels=max_pixels)
 
 
 # -- camera ------------------------------------------------------------------------------------------
@@ -288,19 +304,24 @@ class Camera:
     """Turns a source into a stream of parts (:class:`Frame`), paced by fps or by software triggers."""
 
     def __init__(self, cfg: CameraConfig, *, on_state: Callable[[bool, str], None] | None = None,
-                 trigger_queue_size: int = 1024) -> None:
+                 trigger_queue_size: int = 1024, limits: LimitsConfig | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.cfg = cfg
+        self.limits = limits if limits is not None else LimitsConfig()
+        self.metrics = metrics
         self.kind = resolve_kind(cfg)
-        self.source = make_source(cfg)
+        self.source = make_source(cfg, self.limits.max_frame_pixels)
         self.live = self.source.live
         self.on_state = on_state  # (connected, detail) on every connect / loss
         self.connected = False
         self.last_activity = time.monotonic()  # last successful grab/read, or healthy idle wait
         self.frames_out = 0
         self._next_id = 1
-        self._triggers: queue.Queue[tuple[float, float, dict[str, Any] | None]] = queue.Queue(trigger_queue_size)
+        self._triggers: queue.Queue[tuple[float, float, dict[str, Any] | None, int]] = \
+            queue.Queue(trigger_queue_size)
         self._overflow = 0
-        self._overflow_lock = threading.Lock()
+        self._overflow_lock = threading.Lock()  # also orders trigger() against the final drain
+        self._triggers_closed = False
         self._opened = False
 
     # -- control ---------------------------------------------------------------------------------
@@ -320,14 +341,28 @@ class Camera:
             log.warning("camera not available at start, will retry", extra={"fields": {"error": str(e)}})
 
     def trigger(self, payload: dict[str, Any] | None = None) -> bool:
-        """Software trigger: one part. Never lost: beyond the queue, the part becomes an error frame."""
-        try:
-            self._triggers.put_nowait((time.time(), time.monotonic(), payload))
-            return True
-        except queue.Full:
-            with self._overflow_lock:
+        """Software trigger: one part (True), never lost: beyond the queue, the part becomes an error frame.
+        False: refused, no part, because capture has ended (the service is stopping or the source is done)."""
+        fields, dropped = copy_fields(payload, self.limits)
+        with self._overflow_lock:
+            if self._triggers_closed:
+                if self.metrics is not None:
+                    self.metrics.triggers_refused.inc(reason="stopping")
+                return False
+            try:
+                self._triggers.put_nowait((time.time(), time.monotonic(), fields if payload else payload, dropped))
+            except queue.Full:
                 self._overflow += 1
-            return False
+                log.error("trigger queue full: the part becomes an error verdict",
+                          extra={"fields": {"event": "alarm", "alarm": "trigger_overflow"}})
+        if self.metrics is not None:
+            self.metrics.triggers_accepted.inc()
+        return True
+
+    def close_triggers(self) -> None:
+        """Take no more triggers (each later one is refused); the ones taken still become parts."""
+        with self._overflow_lock:
+            self._triggers_closed = True
 
     @property
     def pending_triggers(self) -> int:
@@ -335,13 +370,15 @@ class Camera:
 
     # -- frames ----------------------------------------------------------------------------------
     def _frame(self, r: _Read | None, ts: float, t0: float, trigger: dict[str, Any] | None = None,
-               error: str | None = None) -> Frame:
+               error: str | None = None, dropped: int = 0) -> Frame:
         fid = self._next_id
         self._next_id += 1
         self.frames_out += 1
+        meta = {"trigger_fields_dropped": dropped} if dropped else {}
         if r is None:
-            return Frame(fid, ts, t0, None, error or "no frame", trigger=trigger)
-        return Frame(fid, ts, t0, r.image, r.error if r.status != "ok" else None, name=r.name, trigger=trigger)
+            return Frame(fid, ts, t0, None, error or "no frame", trigger=trigger, meta=meta)
+        return Frame(fid, ts, t0, r.image, r.error if r.status != "ok" else None, name=r.name, trigger=trigger,
+                     meta=meta)
 
     def _set_connected(self, connected: bool, detail: str) -> None:
         if connected != self.connected:
@@ -358,10 +395,10 @@ class Camera:
     def _drain_triggers_as_errors(self, reason: str) -> Iterator[Frame]:
         while True:
             try:
-                ts, t0, payload = self._triggers.get_nowait()
+                ts, t0, payload, dropped = self._triggers.get_nowait()
             except queue.Empty:
                 return
-            yield self._frame(None, ts, t0, payload, error=reason)
+            yield self._frame(None, ts, t0, payload, error=reason, dropped=dropped)
 
     def _reconnect(self, stop: threading.Event, backoff: BackoffTimer, reason: str) -> Iterator[Frame]:
         """Reopen a lost live source; triggers that arrive meanwhile become error parts."""
@@ -401,6 +438,10 @@ class Camera:
                 yield from self._live(stop, backoff)
             else:
                 yield from self._replay(stop)
+            # capture has ended: the triggers already taken get their parts, later ones are refused
+            self.close_triggers()
+            yield from self._overflowed(time.monotonic())
+            yield from self._drain_triggers_as_errors("capture ended before this trigger's frame")
         finally:
             self.source.close()
 
@@ -419,10 +460,10 @@ class Camera:
             self.last_activity = now
             if software:
                 try:
-                    ts, t0, payload = self._triggers.get_nowait()
+                    ts, t0, payload, dropped = self._triggers.get_nowait()
                 except queue.Empty:
                     continue
-                yield self._frame(src.retrieve(), ts, t0, payload)
+                yield self._frame(src.retrieve(), ts, t0, payload, dropped=dropped)
             elif now >= next_t:
                 next_t = max(next_t + period, now) if period else now
                 yield self._frame(src.retrieve(), time.time(), now)
@@ -436,18 +477,18 @@ class Camera:
             yield from self._overflowed(time.monotonic())
             if software:
                 try:
-                    ts, t0, payload = self._triggers.get(timeout=0.1)
+                    ts, t0, payload, dropped = self._triggers.get(timeout=0.1)
                 except queue.Empty:
                     self.last_activity = time.monotonic()
                     continue
                 r = src.read()
                 self.last_activity = time.monotonic()
                 if r.status in ("end", "idle"):
-                    yield self._frame(None, ts, t0, payload, error="no image left in the source")
+                    yield self._frame(None, ts, t0, payload, error="no image left in the source", dropped=dropped)
                     if r.status == "end":
                         return
                     continue
-                yield self._frame(r, ts, t0, payload)
+                yield self._frame(r, ts, t0, payload, dropped=dropped)
                 continue
             if period:
                 delay = next_t - time.monotonic()

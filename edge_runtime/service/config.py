@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 
 # Fields a serial message template may use ({name}); the verdict message's keys plus a few helpers.
@@ -27,7 +28,9 @@ TEMPLATE_FIELDS = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: `.nan`, `.inf` or `1e400` in a number field is refused; a NaN threshold would pass
+    # every part (any comparison with NaN is false)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Backoff(_Strict):
@@ -220,6 +223,20 @@ class StorageConfig(_Strict):
                                "filesystem is a storage fault (station stalled) before writes start failing")
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what comes from outside the station (docs/operations.md, "Limits")."""
+
+    max_frame_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, le=PILLOW_MAX_PIXELS,
+                                  description="width x height of a frame, at most; an image file is checked from "
+                                  "its header before decoding, a larger frame is an 'error' verdict")
+    trigger_max_bytes: int = Field(16_384, ge=2, le=1_048_576,
+                                   description="a software trigger payload larger than this is refused unread")
+    trigger_max_fields: int = Field(32, ge=0, le=1024, description="trigger fields copied into the verdict, at most")
+    trigger_max_key_chars: int = Field(64, ge=1, le=1024, description="longer trigger field names are not copied")
+    trigger_max_value_bytes: int = Field(1024, ge=1, le=65_536,
+                                         description="trigger field values longer than this (as JSON) are not copied")
+
+
 class MetricsConfig(_Strict):
     port: int | None = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz; None: off, "
                              "0: any free port")
@@ -247,6 +264,7 @@ class ServiceConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     _station = field_validator("station")(lambda v: check_station(v))
 
@@ -262,6 +280,56 @@ class ServiceConfig(_Strict):
 # -- loading ---------------------------------------------------------------------------------------
 
 
+# A station config is a few kB; these bounds stop a huge or hostile file before it costs memory or time.
+MAX_CONFIG_BYTES = 1_048_576  # overridden by the environment variable GLAD_EDGE_MAX_CONFIG_BYTES
+MAX_YAML_DEPTH = 32  # nesting of mappings / lists
+MAX_YAML_ALIASES = 64  # *alias references (each can multiply what validation walks: "billion laughs")
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting (a RecursionError otherwise) and many aliases."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the nesting and alias bounds above."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def max_config_bytes() -> int:
+    env = os.environ.get("GLAD_EDGE_MAX_CONFIG_BYTES")
+    if env is None:
+        return MAX_CONFIG_BYTES
+    try:
+        value = int(env)
+    except ValueError:
+        raise GladEdgeError(f"GLAD_EDGE_MAX_CONFIG_BYTES={env!r}: expected a number of bytes") from None
+    if value < 1:
+        raise GladEdgeError(f"GLAD_EDGE_MAX_CONFIG_BYTES={env!r}: must be at least 1")
+    return value
+
+
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set ``dotted.key=value`` in ``raw``; the value is parsed as YAML (``5``, ``true``, ``[1, 2]``, ``null``)."""
     key, sep, text = override.partition("=")
@@ -269,7 +337,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key or any(not p for p in key.split(".")):
         raise GladEdgeError(f"--set {override!r}: expected dotted.key=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = safe_yaml(text) if text.strip() else ""
     except yaml.YAMLError as e:
         raise GladEdgeError(f"--set {override!r}: value is not valid YAML ({_yaml_problem(e)})") from None
     node = raw
@@ -321,14 +389,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML config, apply ``--set`` overrides, validate. Relative paths (bundle, storage dirs, a
     file or folder camera source) are taken relative to the config file's directory."""
     path = Path(path)
+    limit = max_config_bytes()
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:  # read one byte past the limit: works for pipes and /proc files too
+            data = f.read(limit + 1)
+        text = data.decode()
     except FileNotFoundError:
         raise GladEdgeError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise GladEdgeError(f"{path}: cannot read ({e})") from None
+    if len(data) > limit:
+        raise GladEdgeError(f"{path}: larger than {limit} bytes, not a station config "
+                            "(GLAD_EDGE_MAX_CONFIG_BYTES raises the bound)")
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml(text)
     except yaml.YAMLError as e:
         raise GladEdgeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if raw is None:

@@ -13,7 +13,9 @@ import sys
 import time
 from typing import Any
 
-_ROOTS = ("edge_runtime",)  # every module logs under edge_runtime.* (logging.getLogger(__name__))
+# every module logs under edge_runtime.* (logging.getLogger(__name__)); py.warnings carries the Python
+# warnings of libraries (Pillow, numpy, ...) once logging.captureWarnings is on, so they are JSON lines too
+_ROOTS = ("edge_runtime", "py.warnings")
 
 
 def rfc3339(ts: float) -> str:
@@ -55,7 +57,9 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "json", level: str = "info", stream: Any = None) -> logging.Handler:
-    """Send the ``edge_runtime`` loggers (and pymodbus') to ``stream`` (stderr) in ``fmt``; returns the handler."""
+    """Send the ``edge_runtime`` loggers, Python warnings (and pymodbus') to ``stream`` (stderr) in ``fmt``;
+    returns the handler."""
+    logging.captureWarnings(True)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler._glad_edge = True  # type: ignore[attr-defined]

@@ -171,6 +171,10 @@ class ServiceMetrics:
     def __init__(self) -> None:
         r = self.registry = Registry()
         self.frames = r.add(Counter("glad_edge_frames_total", "parts captured (one per frame or trigger)"))
+        self.triggers_accepted = r.add(Counter("glad_edge_triggers_accepted_total",
+                                               "software triggers taken (each gets exactly one verdict)"))
+        self.triggers_refused = r.add(Counter("glad_edge_triggers_refused_total",
+                                              "software triggers refused at the door (no verdict)", ("reason",)))
         self.verdicts = r.add(Counter("glad_edge_verdicts_total", "verdicts emitted", ("verdict",)))
         self.errors = r.add(Counter("glad_edge_errors_total", "error verdicts by cause", ("reason",)))
         self.latency = r.add(Histogram("glad_edge_latency_seconds", "capture to verdict"))

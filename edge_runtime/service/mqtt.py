@@ -11,6 +11,10 @@ Topics (``<prefix>`` = ``MqttConfig.topic_prefix``; see docs/contracts.md, "MQTT
 - ``<prefix>/<station>/cmd/trigger``: JSON object (an empty payload reads as ``{}``) handed to
   ``on_trigger`` on a worker thread. Retained trigger messages are ignored; the subscription uses
   ``MqttConfig.trigger_qos`` (default 0, so the broker does not queue triggers while the station is away).
+  A trigger is either handed to ``on_trigger`` or refused at the door and reported to ``on_refused(reason,
+  detail)``: ``too_large``, ``invalid`` (not a JSON object, non-finite numbers; see
+  :mod:`edge_runtime.service.triggers`), ``retained``, ``queue_full``, ``stopping`` (after
+  :meth:`MqttLink.close_triggers`). None is dropped without being counted.
 
 Delivery of verdicts (at-least-once, in seq order):
 
@@ -32,13 +36,13 @@ session that discards queued messages (broker limits, expired sessions) loses th
 reach. A full outbox raises :class:`OutboxFull` from publish_verdict: turn it into an alarm.
 
 All queues are bounded: the outbox (``outbox_max_rows``), the in-flight window, paho's message store
-(``max_inflight`` plus room for status messages), the PUBACK event queue and the trigger queue (64; when a
-slow ``on_trigger`` lets it fill, further triggers are dropped and counted in ``stats()``).
+(``max_inflight`` plus room for status messages), the PUBACK event queue and the trigger queue (1024; when a
+slow ``on_trigger`` lets it fill, further triggers are refused, reported to ``on_refused`` and counted in
+``stats()``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sqlite3
@@ -55,8 +59,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_runtime.service.config import LimitsConfig
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 from edge_runtime.service.outbox import Outbox, OutboxError, OutboxFull, encode_message
+from edge_runtime.service.triggers import TriggerRefused, parse_trigger
 
 __all__ = ["MqttLink", "OutboxFull", "VERDICTS", "utc_now"]
 
@@ -64,7 +70,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = frozenset({"pass", "reject", "error"})
 STATUS_SCHEMA = 1
-TRIGGER_QUEUE_SIZE = 64
+TRIGGER_QUEUE_SIZE = 1024  # a burst of triggers waits here rather than being refused; 16 kB each at most
 _RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts"})
 _STATUS_SLACK = 64  # paho message-store room kept for status messages on top of the verdict window
 
@@ -95,6 +101,8 @@ class MqttLink:
         model: dict[str, Any] | None = None,
         outbox: Outbox | None = None,
         on_storage_error: Callable[[BaseException], bool] | None = None,
+        limits: LimitsConfig | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self._on_storage_error = on_storage_error
@@ -104,6 +112,8 @@ class MqttLink:
         if self.model is not None:
             encode_message(self.model)  # fail here, not in the network thread, when it is not JSON
         self._on_trigger = on_trigger
+        self._on_refused = on_refused
+        self.limits = limits if limits is not None else LimitsConfig()
         self.topic_verdict = config.topic(station, "verdict")
         self.topic_status = config.topic(station, "status")
         self.topic_trigger = config.topic(station, "cmd", "trigger")
@@ -126,6 +136,8 @@ class MqttLink:
         self._acks: queue.Queue[tuple[int, ReasonCode | None]] = queue.Queue(maxsize=2 * self._max_queued)
         self._resync = False
         self._triggers: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=TRIGGER_QUEUE_SIZE)
+        self._triggers_lock = threading.Lock()  # closing vs. enqueueing: nothing is queued after the drain
+        self._triggers_closed = False
 
         self._stats_lock = threading.Lock()
         self._stats: dict[str, int] = dict.fromkeys(
@@ -140,6 +152,8 @@ class MqttLink:
                 "triggers",
                 "triggers_dropped",
                 "triggers_invalid",
+                "triggers_too_large",
+                "triggers_stopping",
                 "sender_errors",
                 "unrecorded",
                 "ack_delete_errors",
@@ -211,6 +225,7 @@ class MqttLink:
         Unacknowledged verdicts stay in the outbox and are sent by the next start().
         """
         if self._started_at is not None and not self._stopping.is_set():
+            self.close_triggers(timeout)
             self._stopping.set()
             self._wake.set()
             for t in self._threads:
@@ -230,6 +245,15 @@ class MqttLink:
             self._connected.clear()
         if self._owns_outbox and not self.outbox.closed:
             self.outbox.close()
+
+    def close_triggers(self, timeout: float = 5.0) -> None:
+        """Refuse further trigger commands (reason ``stopping``) and hand every queued one to ``on_trigger``
+        before returning, so a stopping station knows the fate of each trigger it took."""
+        with self._triggers_lock:
+            self._triggers_closed = True
+        for t in self._threads:
+            if t.name.startswith("mqtt-trigger"):
+                t.join(timeout)
 
     def publish_verdict(self, message: dict[str, Any]) -> int:
         """Store one verdict durably, return its ``seq``; the sender publishes it in the background.
@@ -425,33 +449,45 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.topic != self.topic_trigger or self._on_trigger is None:
             return
-        if msg.retain:
-            log.warning("ignored a retained trigger command on %s", msg.topic)
-            self._count("triggers_invalid")
-            return
         try:
-            payload = json.loads(msg.payload) if msg.payload.strip() else {}
-        except (ValueError, UnicodeDecodeError) as e:
-            payload = e
-        if not isinstance(payload, dict):
-            log.warning("ignored a trigger command that is not a JSON object: %r", msg.payload[:200])
-            self._count("triggers_invalid")
-            return
-        try:
-            self._triggers.put_nowait(payload)
+            if msg.retain:
+                raise TriggerRefused("retained", "a retained trigger command (would fire on every reconnect)")
+            payload = parse_trigger(msg.payload, self.limits)
+            with self._triggers_lock:
+                if self._triggers_closed:
+                    raise TriggerRefused("stopping", "the station is stopping")
+                try:
+                    self._triggers.put_nowait(payload)
+                except queue.Full:
+                    raise TriggerRefused("queue_full", f"trigger queue full ({TRIGGER_QUEUE_SIZE})") from None
             self._count("triggers")
-        except queue.Full:
-            log.warning("trigger queue full (%d): dropped a trigger command", TRIGGER_QUEUE_SIZE)
-            self._count("triggers_dropped")
+        except TriggerRefused as e:
+            self._refuse(e.reason, str(e))
+
+    _STAT_OF_REASON = {"queue_full": "triggers_dropped", "too_large": "triggers_too_large",
+                       "stopping": "triggers_stopping"}
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self._count(self._STAT_OF_REASON.get(reason, "triggers_invalid"))
+        log.warning("trigger refused: %s", detail,
+                    extra={"fields": {"event": "trigger_refused", "reason": reason}})
+        if self._on_refused is not None:
+            try:
+                self._on_refused(reason, detail)
+            except Exception:
+                log.exception("on_refused failed")
 
     # -- worker threads --------------------------------------------------------------------------
 
     def _trigger_main(self) -> None:
         assert self._on_trigger is not None
-        while not self._stopping.is_set():
+        while True:  # ends once closed and drained (close_triggers), never with a queued trigger left
             try:
                 payload = self._triggers.get(timeout=0.2)
             except queue.Empty:
+                with self._triggers_lock:
+                    if self._triggers_closed and self._triggers.empty():
+                        return
                 continue
             try:
                 self._on_trigger(payload)

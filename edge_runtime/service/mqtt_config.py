@@ -14,7 +14,7 @@ _TOPIC_FORBIDDEN = set("+#\x00")
 class MqttTls(BaseModel):
     """TLS to the broker. Paths are PEM files on the station; ``insecure`` skips the host-name check."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ca_certs: str | None = Field(None, description="CA bundle that signed the broker's certificate")
     certfile: str | None = Field(None, description="client certificate (mutual TLS)")
@@ -31,7 +31,7 @@ class MqttTls(BaseModel):
 class MqttConfig(BaseModel):
     """Where and how the station publishes verdicts and status, and listens for trigger commands."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(1883, ge=1, le=65535)
@@ -52,14 +52,14 @@ class MqttConfig(BaseModel):
         "is away, so no stale trigger fires after a reconnect",
     )
     session_expiry_s: int = Field(86400, ge=0, le=0xFFFFFFFF, description="MQTT v5 Session Expiry Interval")
-    heartbeat_s: float = Field(10.0, gt=0, description="period of the retained status heartbeat")
+    heartbeat_s: float = Field(10.0, gt=0, le=86400, description="period of the retained status heartbeat")
     outbox_path: str = Field("/var/lib/glad-edge/outbox.sqlite3", min_length=1)
     outbox_max_rows: int | None = Field(
         100_000, ge=1, description="unsent verdicts kept at most; beyond, publish_verdict raises OutboxFull"
     )
     max_inflight: int = Field(16, ge=1, le=1000, description="verdicts published and not yet PUBACKed, at most")
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("topic_prefix")
     @classmethod

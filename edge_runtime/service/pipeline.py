@@ -8,7 +8,8 @@ Invariant: every captured part gets exactly one verdict, ``"pass"``, ``"reject"`
   with ``pipeline.overload: wait`` (replay of files only) the capture waits for room instead;
 - a part older than ``pipeline.deadline_ms`` when an inspector picks it up, when the watchdog sweeps the
   queue, or when its inspection ends -> ``error`` (``"deadline"``): its verdict would come too late;
-- ``Detector.inspect`` raised, or returned a non-finite score -> ``error`` (``"inference"``);
+- ``Detector.inspect`` raised, or returned a non-finite score -> ``error`` (``"inference"``): a NaN score
+  compares false with every threshold, so it must never reach the ``score > threshold`` decision;
 - parts still queued when the service stops -> ``error`` (``"shutdown"``);
 - the verdict cannot be recorded (``publish`` raised: disk full, read-only or corrupt outbox, outbox full)
   -> ``error`` (``"storage"``, or ``"unrecorded"`` when the failure is not the disk's), whatever the
@@ -24,7 +25,10 @@ final message.
 
 Decision threshold: the bundle's calibrated ``threshold``, or ``pipeline.threshold`` when set. A bundle
 without one is refused unless ``pipeline.allow_uncalibrated`` *and* ``pipeline.threshold`` are set
-(:func:`decide_threshold`): an uncalibrated station must never silently pass everything.
+(:func:`decide_threshold`): an uncalibrated station must never silently pass everything. A part is
+rejected only when its score is *above* the threshold: a score equal to it passes (a threshold calibrated
+at zero false rejects is the highest normal score). A threshold that is not a finite number is refused at
+start (and, should one get through, every part is an ``error``): ``score > nan`` is false for every score.
 """
 
 from __future__ import annotations
@@ -142,7 +146,14 @@ class Part:
 
 
 def decide_threshold(cfg: ServiceConfig, bundle_threshold: float | None) -> float:
-    """The decision threshold, or GladEdgeError when the station would run without a calibrated one."""
+    """The decision threshold, or GladEdgeError when the station would run without a calibrated, finite one."""
+    threshold = _choose_threshold(cfg, bundle_threshold)
+    if not math.isfinite(threshold):
+        raise GladEdgeError(f"decision threshold {threshold} is not a finite number: every part would pass")
+    return threshold
+
+
+def _choose_threshold(cfg: ServiceConfig, bundle_threshold: float | None) -> float:
     p = cfg.pipeline
     if bundle_threshold is None:
         if not (p.allow_uncalibrated and p.threshold is not None):
@@ -172,6 +183,8 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, max_regions: int) ->
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])
         peak = float(amap[labels == i].max())
+        if not math.isfinite(peak):  # an inf in the map: JSON has no such number
+            peak = float(np.finfo(np.float32).max)
         out.append({"x": round(x / w, 4), "y": round(y / h, 4), "w": round(bw / w, 4), "h": round(bh / h, 4),
                     "area": round(area / (h * w), 5), "peak": round(peak, 6)})
     out.sort(key=lambda r: -r["peak"])
@@ -344,6 +357,9 @@ class Pipeline:
         if not math.isfinite(score):
             self._fail(part, "inference", f"non-finite score {score}")
             return
+        if not math.isfinite(self.threshold):  # decide_threshold refuses one at start; never "pass" on it
+            self._fail(part, "inference", f"non-finite threshold {self.threshold}")
+            return
         if self._late(part, t1):
             self._fail(part, "deadline", f"verdict after {(t1 - part.frame.t0) * 1000:.0f} ms "
                        f"(deadline {self.cfg.pipeline.deadline_ms:g} ms)")
@@ -392,6 +408,8 @@ class Pipeline:
             msg["source"] = f.name
         if f.trigger:
             msg["trigger"] = f.trigger
+        if f.meta.get("trigger_fields_dropped"):
+            msg["trigger_fields_dropped"] = f.meta["trigger_fields_dropped"]
         return msg
 
     def _output_loop(self) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -219,7 +220,7 @@ class Service:
                                                       "workers": len(detectors),
                                                       "load_s": round(time.monotonic() - t0, 2), **model}})
 
-        self.camera = Camera(cfg.camera, on_state=self._on_camera)
+        self.camera = Camera(cfg.camera, on_state=self._on_camera, limits=cfg.limits, metrics=self.metrics)
         self.camera.check()
 
         if cfg.mqtt is not None:
@@ -229,7 +230,8 @@ class Service:
             outbox = open_outbox(self.guard.path, "mqtt.outbox_path", cfg.mqtt.outbox_max_rows)
             try:
                 self.link = MqttLink(cfg.mqtt, cfg.station, camera=cfg.camera.name, on_trigger=on_trigger,
-                                     model=model, outbox=outbox, on_storage_error=self.guard.report)
+                                     model=model, outbox=outbox, on_storage_error=self.guard.report,
+                                     limits=cfg.limits, on_refused=self._on_trigger_refused)
             except BaseException:
                 outbox.close()
                 raise
@@ -290,9 +292,14 @@ class Service:
         sd_notify("READY=1\nSTATUS=running")
 
     def _on_trigger(self, payload: dict[str, Any]) -> None:
-        if self.camera is not None and not self.camera.trigger(payload):
-            log.error("trigger queue full: the part becomes an error verdict",
-                      extra={"fields": {"event": "alarm", "alarm": "trigger_overflow"}})
+        # the camera counts the trigger as accepted (it gets a verdict) or refused (capture has ended)
+        if self.camera is not None:
+            self.camera.trigger(payload)
+        else:
+            self._on_trigger_refused("stopping", "no camera")
+
+    def _on_trigger_refused(self, reason: str, detail: str) -> None:
+        self.metrics.triggers_refused.inc(reason=reason)
 
     def _on_camera(self, connected: bool, detail: str) -> None:
         self.metrics.camera_connected.set(1 if connected else 0)
@@ -349,6 +356,8 @@ class Service:
         self._set_status("stopping")
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if self.link is not None:  # each trigger taken so far reaches the camera, later ones are refused
+            self.link.close_triggers()
         drained = self.pipeline.stop() if self.pipeline is not None else True
         if self.watchdog is not None:
             self.watchdog.stop()
@@ -374,15 +383,18 @@ class Service:
 
 
 def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: bool = False,
-                listeners: Sequence[Callable[[dict[str, Any]], None]] = ()) -> int:
-    """``glad-edge run``: load the config, then run (or, with ``check``, validate and load the bundle only)."""
+                listeners: Sequence[Callable[[dict[str, Any]], None]] = (), hard_exit: bool = False) -> int:
+    """``glad-edge run``: load the config, then run (or, with ``check``, validate and load the bundle only).
+
+    ``hard_exit`` (the CLI's process only, never a host process such as a test runner): when a thread the
+    service started is still running after the stop, end the process at once with the exit status."""
     from edge_runtime.service.config import load_config
 
     cfg = load_config(config, list(overrides))
     if check:
         detectors = load_detectors(cfg.model_copy(update={"detector": cfg.detector.model_copy(update={"workers": 1})}))
         threshold = decide_threshold(cfg, detectors[0].threshold)
-        camera = Camera(cfg.camera)
+        camera = Camera(cfg.camera, limits=cfg.limits)
         camera.check()
         camera.source.close()
         key, path = "mqtt.outbox_path" if cfg.mqtt else "storage.state_dir", outbox_path(cfg)
@@ -396,4 +408,16 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "
               f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}")
         return 0
-    return Service(cfg, listeners=listeners).run()
+    before = set(threading.enumerate())
+    rc = Service(cfg, listeners=listeners).run()
+    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    if left and hard_exit:
+        # A thread still inside native code (OpenCV, onnxruntime) when the interpreter tears down aborts the
+        # process with "terminate called without an active exception": end without the teardown instead.
+        log.error("threads still running at exit; ending the process without interpreter teardown",
+                  extra={"fields": {"event": "alarm", "alarm": "exit_threads", "threads": left}})
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc

@@ -2,9 +2,11 @@
 
 Per stored part: ``<UTC time>_<seq>_<verdict>.jpg`` (the frame), ``..._overlay.jpg`` (the anomaly map as a
 heatmap over the frame, with the regions boxed) and ``....json`` (the verdict message). Names start with
-the capture time, so name order is age order. Writing happens on its own thread behind a bounded queue:
-storage is evidence, not safety, so when the disk is slow a part is skipped (counted, logged), never the
-pipeline held up.
+the capture time, so name order is age order. The quota is counted before writing: a part's files are
+encoded in memory first, the oldest parts are deleted until they fit, and a part larger than the whole
+quota is skipped, so the folder never grows past ``quota_mb``. Writing happens on its own thread behind a
+bounded queue: storage is evidence, not safety, so when the disk is slow a part is skipped (counted,
+logged), never the pipeline held up.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class RejectStore:
         self.failed = 0
         self._failing = False
         self._thread: threading.Thread | None = None
+        self._abandon = threading.Event()
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -72,14 +75,22 @@ class RejectStore:
         self._thread = threading.Thread(target=self._run, name="reject-store", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            try:
-                self._q.put(None, timeout=timeout)
-            except queue.Full:
-                pass
-            self._thread.join(timeout)
-            self._thread = None
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued (up to ``timeout``), then end the writer thread. The thread is always joined:
+        a thread still inside OpenCV when the interpreter exits aborts the process ("terminate called without
+        an active exception") and loses the files being written."""
+        if self._thread is None:
+            return
+        end = time.monotonic() + timeout
+        try:
+            self._q.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, end - time.monotonic()))
+        if self._thread.is_alive():
+            self._abandon.set()  # finish the part being written, skip the rest
+            self._thread.join()
+        self._thread = None
 
     def save(self, message: dict[str, Any], image: np.ndarray | None, anomaly_map: np.ndarray | None,
              threshold: float) -> bool:
@@ -97,6 +108,12 @@ class RejectStore:
             item = self._q.get()
             if item is None:
                 return
+            if self._abandon.is_set():
+                left = 1 + sum(1 for x in self._drain() if x is not None)
+                self.skipped += left
+                log.error("reject storage stopped before writing every image", extra={"fields": {
+                    "event": "storage_skip", "parts": left}})
+                return
             try:
                 self._write(*item)
             except Exception as e:  # a full or read-only disk must not stop the station
@@ -111,6 +128,14 @@ class RejectStore:
                                                                                    "failed": self.failed}})
                 self._failing = False
 
+    def _drain(self) -> list[Any]:
+        items = []
+        while True:
+            try:
+                items.append(self._q.get_nowait())
+            except queue.Empty:
+                return items
+
     def _add(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
@@ -124,19 +149,28 @@ class RejectStore:
         seq = message.get("seq")
         stem = f"{_stamp(ts)}_{seq if seq is not None else 'noseq'}_{message.get('verdict', 'unknown')}"
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
+        files: list[tuple[str, bytes]] = []
         if image is not None:
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
             if ok:
-                self._add(self.dir / f"{stem}.jpg", buf.tobytes())
+                files.append((f"{stem}.jpg", buf.tobytes()))
             if amap is not None:
                 ok, buf = cv2.imencode(".jpg", overlay(image, amap, threshold, message.get("regions")), params)
                 if ok:
-                    self._add(self.dir / f"{stem}_overlay.jpg", buf.tobytes())
+                    files.append((f"{stem}_overlay.jpg", buf.tobytes()))
         public = {k: v for k, v in message.items() if not k.startswith("_")}
-        self._add(self.dir / f"{stem}.json", (json.dumps(public, indent=1) + "\n").encode())
+        files.append((f"{stem}.json", (json.dumps(public, indent=1) + "\n").encode()))
+        size = sum(len(data) for _, data in files)
+        if size > self.quota:
+            self.skipped += 1
+            log.warning("reject storage: one part is larger than the whole quota, not saved",
+                        extra={"fields": {"event": "storage_skip", "seq": seq, "bytes": size, "quota": self.quota}})
+            return
+        self._enforce(room=size)
+        for name, data in files:
+            self._add(self.dir / name, data)
         self.written += 1
         self._files.sort()
-        self._enforce()
         if self.metrics is not None:
             self.metrics.stored.inc()
             self.metrics.storage_bytes.set(self.total)
@@ -145,9 +179,10 @@ class RejectStore:
     def _part(name: str) -> str:
         return name.split(".", 1)[0].removesuffix("_overlay")
 
-    def _enforce(self) -> None:
-        """Delete the oldest parts (all files of a part together) until the directory fits the quota."""
-        while self.total > self.quota and self._files:
+    def _enforce(self, room: int = 0) -> None:
+        """Delete the oldest parts (all files of a part together) until the directory, plus ``room`` bytes
+        about to be written, fits the quota."""
+        while self.total + room > self.quota and self._files:
             part = self._part(self._files[0][0])
             gone = [(n, sz) for n, sz in self._files if self._part(n) == part]
             self._files = [(n, sz) for n, sz in self._files if self._part(n) != part]
