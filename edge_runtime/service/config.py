@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
+from edge_runtime.updates.config import UpdatesConfig
 
 # Fields a serial message template may use ({name}); the verdict message's keys plus a few helpers.
 TEMPLATE_FIELDS = {
@@ -242,6 +243,7 @@ class ServiceConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    updates: UpdatesConfig = UpdatesConfig()
 
     _station = field_validator("station")(lambda v: check_station(v))
 
@@ -341,6 +343,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     cfg.storage.state_dir = _resolve(base, cfg.storage.state_dir)
     if cfg.storage.rejects_dir is not None:
         cfg.storage.rejects_dir = _resolve(base, cfg.storage.rejects_dir)
+    cfg.updates.trusted_keys = [_resolve(base, k) for k in cfg.updates.trusted_keys]
     if _is_path_source(cfg.camera.source, cfg.camera.kind):
         cfg.camera.source = str(_resolve(base, Path(str(cfg.camera.source))))
     return cfg
