@@ -221,6 +221,7 @@ class Updater:
     # -- worker ------------------------------------------------------------------------------------
     def _main(self) -> None:
         try:
+            self.store.gc()  # a verified bundle installed just before a crash, never switched to
             self._resume()
         except Exception:
             log.exception("updates: resuming the staged transfer failed")
