@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_helpers import MOSQUITTO, Broker, wait_for
-from update_helpers import Keys, Listener, Station, contiguous, signed_copy, write_station
+from service_helpers import wait_for
+from update_helpers import Listener, Station, contiguous, signed_copy, world, write_station
 
 from edge_runtime.bundle import read_manifest
 from edge_runtime.updates import signing
@@ -29,25 +29,18 @@ CHUNK = 64 * 1024
 
 @pytest.fixture
 def env(small_bundle: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    if MOSQUITTO is None:
-        pytest.fail("mosquitto not installed (scripts/setup.sh installs it)")
-    (tmp_path / "broker").mkdir()
-    broker = Broker(tmp_path / "broker")
-    broker.start()
-    keys = Keys(tmp_path)
-    v1 = signed_copy(small_bundle, tmp_path / "v1", keys.key, 1)
-    v2 = signed_copy(small_bundle, tmp_path / "v2", keys.key, 2)
-    config = write_station(tmp_path, NAME, v1, broker.port, keys, 10.0)
-    listener = Listener(broker.port, [f"glad-edge/{NAME}/verdict", f"glad-edge/{NAME}/update/status"], "obs")
-    stations: list[Station] = []
-    try:
-        yield {"broker": broker, "keys": keys, "v1": v1, "v2": v2, "config": config, "listener": listener,
-               "stations": stations, "state": config.parent / "state"}
-    finally:
-        for s in stations:
-            s.cleanup()
-        listener.close()
-        broker.stop()
+    with world(tmp_path, small_bundle) as (broker, keys, v1):
+        v2 = signed_copy(small_bundle, tmp_path / "v2", keys.key, 2)
+        config = write_station(tmp_path, NAME, v1, broker.port, keys, 10.0)
+        listener = Listener(broker.port, [f"glad-edge/{NAME}/verdict", f"glad-edge/{NAME}/update/status"], "obs")
+        stations: list[Station] = []
+        try:
+            yield {"broker": broker, "keys": keys, "v1": v1, "v2": v2, "config": config, "listener": listener,
+                   "stations": stations, "state": config.parent / "state"}
+        finally:
+            for s in stations:
+                s.cleanup()
+            listener.close()
 
 
 def start(env: dict[str, Any], hold: str | None = None) -> Station:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_helpers import MOSQUITTO, Broker
-from update_helpers import REPO, Keys, Listener, Station, resign_with, signed_copy, write_station
+from update_helpers import REPO, Listener, Station, resign_with, signed_copy, world, write_station
 
 pytestmark = pytest.mark.slow
 N = 10
@@ -23,24 +22,17 @@ NAMES = [f"fleet-{i:02d}" for i in range(N)]
 
 @pytest.fixture
 def fleet(small_bundle: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    if MOSQUITTO is None:
-        pytest.fail("mosquitto not installed (scripts/setup.sh installs it)")
-    (tmp_path / "broker").mkdir()
-    broker = Broker(tmp_path / "broker")
-    broker.start()
-    keys = Keys(tmp_path)
-    v1 = signed_copy(small_bundle, tmp_path / "v1", keys.key, 1)
-    listener = Listener(broker.port, ["glad-edge/+/update/status"], "fleet-obs")
-    stations = [Station(write_station(tmp_path, name, v1, broker.port, keys, 10.0, fps=1.0)) for name in NAMES]
-    try:
-        for s in stations:
-            s.wait_running(timeout=240)
-        yield {"broker": broker, "keys": keys, "v1": v1, "root": tmp_path, "listener": listener}
-    finally:
-        for s in stations:
-            s.cleanup()
-        listener.close()
-        broker.stop()
+    with world(tmp_path, small_bundle) as (broker, keys, v1):
+        listener = Listener(broker.port, ["glad-edge/+/update/status"], "fleet-obs")
+        stations = [Station(write_station(tmp_path, name, v1, broker.port, keys, 10.0, fps=1.0)) for name in NAMES]
+        try:
+            for s in stations:
+                s.wait_running(timeout=240)
+            yield {"broker": broker, "keys": keys, "v1": v1, "root": tmp_path, "listener": listener}
+        finally:
+            for s in stations:
+                s.cleanup()
+            listener.close()
 
 
 def publish(fleet: dict[str, Any], bundle: Path) -> tuple[int, dict[str, Any]]:

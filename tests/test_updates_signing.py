@@ -103,3 +103,35 @@ def test_sign_refuses_a_corrupt_bundle_and_a_bad_key(bundle: Path, tmp_path: Pat
     with pytest.raises(GladEdgeError, match="dino.onnx: sha256 does not match"):
         signing.sign_bundle(bundle, key, 1)
     assert not (bundle / "manifest.sig").exists()
+
+
+def _station_yaml(tmp_path: Path, bundle: Path, pub: Path) -> Path:
+    import yaml
+    from service_helpers import station_config, write_parts
+
+    write_parts(tmp_path / "parts", ["noise"])
+    raw = station_config(tmp_path, bundle, tmp_path / "parts",
+                         pipeline={"allow_uncalibrated": True, "threshold": 10.0},
+                         logging={"format": "json", "level": "info"}, updates={"trusted_keys": [str(pub)]})
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_station_with_trusted_keys_refuses_unsigned_and_foreign_bundles(bundle: Path, tmp_path: Path) -> None:
+    key, pub = signing.keygen(tmp_path / "k")
+    other, _ = signing.keygen(tmp_path / "o")
+    config = _station_yaml(tmp_path, bundle, pub)
+    r = cli("run", "--config", str(config), "--check")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("glad-edge run: error: ")
+    assert "unsigned: no manifest.sig" in r.stderr and "updates.trusted_keys is set" in r.stderr
+
+    signing.sign_bundle(bundle, other, 1)
+    r = cli("run", "--config", str(config), "--check")
+    assert r.returncode == 1 and "which is not trusted" in r.stderr, r.stderr
+
+    signing.sign_bundle(bundle, key, 1)
+    r = cli("run", "--config", str(config), "--check")
+    assert r.returncode == 0, r.stderr
+    assert f"signed version 1 by trusted key {signing.load_public_key(pub).key_id}" in r.stdout

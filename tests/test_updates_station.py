@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_helpers import MOSQUITTO, Broker, wait_for
-from update_helpers import Keys, Listener, Station, contiguous, resign_with, signed_copy, write_station
+from service_helpers import wait_for
+from update_helpers import Listener, Station, contiguous, resign_with, signed_copy, world, write_station
 
 from edge_runtime.bundle import read_manifest
 from edge_runtime.updates import signing
@@ -30,27 +30,20 @@ NAME = "st-upd"
 
 @pytest.fixture(scope="module")
 def env(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    if MOSQUITTO is None:
-        pytest.fail("mosquitto not installed (scripts/setup.sh installs it)")
     root = tmp_path_factory.mktemp("updates")
-    (root / "broker").mkdir()
-    broker = Broker(root / "broker")
-    broker.start()
-    keys = Keys(root)
-    v1 = signed_copy(small_bundle, root / "v1", keys.key, 1)
-    config = write_station(root, NAME, v1, broker.port, keys, 10.0,
-                           updates={"precisions": ["fp32"], "max_bundle_mb": 8}, metrics=True)
-    listener = Listener(broker.port, [f"glad-edge/{NAME}/verdict", f"glad-edge/{NAME}/update/status"], "obs")
-    station = Station(config)
-    try:
-        station.wait_running()
-        wait_for(lambda: len(listener.on("/verdict")) >= 3, 60, "first verdicts")
-        yield {"root": root, "broker": broker, "keys": keys, "v1": v1, "station": station, "listener": listener,
-               "state": config.parent / "state"}
-    finally:
-        station.cleanup()
-        listener.close()
-        broker.stop()
+    with world(root, small_bundle) as (broker, keys, v1):
+        config = write_station(root, NAME, v1, broker.port, keys, 10.0,
+                               updates={"precisions": ["fp32"], "max_bundle_mb": 8}, metrics=True)
+        listener = Listener(broker.port, [f"glad-edge/{NAME}/verdict", f"glad-edge/{NAME}/update/status"], "obs")
+        station = Station(config)
+        try:
+            station.wait_running()
+            wait_for(lambda: len(listener.on("/verdict")) >= 3, 60, "first verdicts")
+            yield {"root": root, "broker": broker, "keys": keys, "v1": v1, "station": station,
+                   "listener": listener, "state": config.parent / "state"}
+        finally:
+            station.cleanup()
+            listener.close()
 
 
 def publish(env: dict[str, Any], source: Path | BundleSource, **kw: Any) -> dict[str, Any]:
@@ -214,6 +207,8 @@ def test_rollback_command_switches_back(env: dict[str, Any]) -> None:
 
 def test_every_part_one_verdict_and_metrics(env: dict[str, Any]) -> None:
     station: Station = env["station"]
+    trusted = station.events("bundle_trusted")  # the one start line saying which keys and version
+    assert len(trusted) == 1 and trusted[0]["version"] == 1
     port = station.events("started")[0]["metrics_port"]
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     # every refusal case, and the second rollback (no previous bundle left)

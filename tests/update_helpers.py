@@ -11,20 +11,38 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import paho.mqtt.client as mqtt
+import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from service_helpers import part_image, station_config, wait_for
+from service_helpers import MOSQUITTO, Broker, part_image, station_config, wait_for
 
 from edge_runtime.bundle import read_manifest, write_manifest
 from edge_runtime.updates import signing
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"threads": 1, "warmup": 0, "sampler": "fast", "steps": 2, "check_every": 2}
+
+
+@contextmanager
+def world(root: Path, small_bundle: Path) -> Iterator[tuple[Broker, Keys, Path]]:
+    """A running private Mosquitto, a trusted and an untrusted key pair, and the bundle signed as version 1."""
+    if MOSQUITTO is None:
+        pytest.fail("mosquitto not installed (scripts/setup.sh installs it)")
+    (root / "broker").mkdir()
+    broker = Broker(root / "broker")
+    broker.start()
+    try:
+        keys = Keys(root)
+        yield broker, keys, signed_copy(small_bundle, root / "v1", keys.key, 1)
+    finally:
+        broker.stop()
 
 
 class Keys:

@@ -362,13 +362,15 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
     if check:
         from edge_runtime.service.updater import prepare_updates
 
-        prepare_updates(cfg)
+        prepared = prepare_updates(cfg)
         detectors = load_detectors(cfg.model_copy(update={"detector": cfg.detector.model_copy(update={"workers": 1})}))
         threshold = decide_threshold(cfg, detectors[0].threshold)
         camera = Camera(cfg.camera)
         camera.check()
         camera.source.close()
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "
-              f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}")
+              f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}"
+              + (f", signed version {prepared.active.manifest.version} by trusted key {prepared.active.key_id}"
+                 if prepared.trusted else ""))
         return 0
     return Service(cfg, listeners=listeners).run()

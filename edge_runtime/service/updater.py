@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -137,19 +136,11 @@ class Updater:
 
     # -- MQTT --------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
+        from edge_runtime.service.mqtt import make_client
+
         mq = self.cfg.mqtt
         assert mq is not None
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mq.client_id_for(self.cfg.station) + "-update",
-                             protocol=mqtt.MQTTv5)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        client.suppress_exceptions = True
-        if mq.username is not None:
-            client.username_pw_set(mq.username, mq.password)
-        if mq.tls is not None:
-            client.tls_set(ca_certs=mq.tls.ca_certs, certfile=mq.tls.certfile, keyfile=mq.tls.keyfile)
-            if mq.tls.insecure:
-                client.tls_insecure_set(True)
-        client.reconnect_delay_set(mq.reconnect_min_s, mq.reconnect_max_s)  # type: ignore[arg-type]
+        client = make_client(mq, mq.client_id_for(self.cfg.station) + "-update", f"{__name__}.paho")
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *a: self._connected.clear()
         client.on_message = self._on_message
