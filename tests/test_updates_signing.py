@@ -135,3 +135,24 @@ def test_station_with_trusted_keys_refuses_unsigned_and_foreign_bundles(bundle: 
     r = cli("run", "--config", str(config), "--check")
     assert r.returncode == 0, r.stderr
     assert f"signed version 1 by trusted key {signing.load_public_key(pub).key_id}" in r.stdout
+
+
+def test_offline_rollback_rewrites_the_pointer(bundle: Path, tmp_path: Path) -> None:
+    from edge_runtime.updates.store import BundleStore
+
+    key, pub = signing.keygen(tmp_path / "k")
+    signing.sign_bundle(bundle, key, 1, rtol=0.05)
+    assert read_manifest(bundle).selftest.rtol == 0.05
+    config = _station_yaml(tmp_path, bundle, pub)
+    store = BundleStore(tmp_path / "state")
+    newer = store.bundles / "v2-x"
+    shutil.copytree(bundle, newer)
+    signing.sign_bundle(newer, key, 2)
+    store.write_pointer(newer, bundle)
+    assert cli("run", "--config", str(config), "--check").stdout.count("signed version 2") == 1
+    r = cli("bundle", "rollback", "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    assert store.read_pointer() == (bundle, None)
+    assert "signed version 1" in cli("run", "--config", str(config), "--check").stdout
+    r = cli("bundle", "rollback", "--config", str(config))
+    assert r.returncode == 1 and "no previous bundle" in r.stderr

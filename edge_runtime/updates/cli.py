@@ -23,6 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type[argparse.Arg
     s.add_argument("--key", required=True, type=Path, help="signing.key")
     s.add_argument("--version", required=True, type=int, help="integer bundle version (stations only take higher)")
     s.add_argument("--no-selftest", action="store_true", help="do not add a golden self-test")
+    s.add_argument("--selftest-atol", type=float, help="self-test tolerance: absolute part (default 1e-3)")
+    s.add_argument("--selftest-rtol", type=float,
+                   help="self-test tolerance: relative part (default 1e-2; widen it for fp16 / TensorRT stations, "
+                   "whose scores differ from the ONNX Runtime fp32 golden ones)")
     v = bsub.add_parser("verify", help="exit 0 only when the signature and every file's sha256 hold")
     v.add_argument("bundle", type=Path)
     v.add_argument("--pubkey", required=True, type=Path, action="append", help="signing.pub (repeatable)")
@@ -70,7 +74,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print(f"wrote {priv} (private, mode 0600) and {pub} (key id {signing.load_public_key(pub).key_id})")
         return 0
     if args.bundle_command == "sign":
-        kid = signing.sign_bundle(args.bundle, args.key, args.version, selftest=not args.no_selftest)
+        kid = signing.sign_bundle(args.bundle, args.key, args.version, selftest=not args.no_selftest,
+                                  atol=args.selftest_atol, rtol=args.selftest_rtol)
         print(f"signed {args.bundle} version {args.version} with key {kid}")
         return 0
     if args.bundle_command == "verify":

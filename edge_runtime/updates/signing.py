@@ -164,10 +164,11 @@ def verify_bundle(bundle_dir: str | Path, trusted: dict[str, TrustedKey]) -> str
     return kid
 
 
-def sign_bundle(bundle_dir: str | Path, key_path: str | Path, version: int, *, selftest: bool = True) -> str:
-    """Set the manifest's ``version`` (and, when asked and missing, a golden self-test), rewrite manifest.json
-    and write ``manifest.sig``. Every file is checked against the manifest first: a corrupt bundle is
-    never signed. Returns the key id."""
+def sign_bundle(bundle_dir: str | Path, key_path: str | Path, version: int, *, selftest: bool = True,
+                atol: float | None = None, rtol: float | None = None) -> str:
+    """Set the manifest's ``version`` (and, when asked and missing, a golden self-test; ``atol``/``rtol``
+    replace its tolerance), rewrite manifest.json and write ``manifest.sig``. Every file is checked against
+    the manifest first: a corrupt bundle is never signed. Returns the key id."""
     from edge_runtime.bundle import write_manifest
 
     if version < 0:
@@ -179,6 +180,11 @@ def sign_bundle(bundle_dir: str | Path, key_path: str | Path, version: int, *, s
         from edge_runtime.updates.selftest import make_selftest
 
         manifest.selftest = make_selftest(d, manifest)
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None:
+            if value < 0 or manifest.selftest is None:
+                raise GladEdgeError(f"--selftest-{name}: must be >= 0, on a bundle with a self-test")
+            setattr(manifest.selftest, name, value)
     manifest.version = version
     write_manifest(d, manifest)
     manifest_bytes = (d / MANIFEST).read_bytes()
