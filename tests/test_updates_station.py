@@ -13,6 +13,7 @@ import re
 import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,15 @@ def test_tampered_chunk_then_good_update_switches_at_one_seq(env: dict[str, Any]
     versions = [v["model"]["version"] for v in verdicts]
     changes = [i for i in range(1, len(versions)) if versions[i] != versions[i - 1]]
     assert len(changes) == 1 and versions[changes[0]] == "2", versions
+    first = {}
+    for st in ours:
+        first.setdefault(st["state"], datetime.fromisoformat(st["ts"].replace("Z", "+00:00")))
+    span = {f"{a}->{b}": round((first[b] - first[a]).total_seconds(), 2)
+            for a, b in zip(order, order[1:], strict=False)}
+    around = [v["latency_ms"] for v in verdicts[max(0, changes[0] - 3):changes[0] + 3]]
+    size = sum(e.size for e in read_manifest(v2).files.values())
+    print(f"update of {size} bytes: "
+          f"{span}; verdict latency around the switch {around} ms")
     sha = {v["model"]["sha256"] for v in verdicts[changes[0]:]}
     installed = Path(json.loads((env["state"] / "updates" / "current.json").read_text())["current"])
     assert sha == {signing.hashlib.sha256((installed / "manifest.json").read_bytes()).hexdigest()}

@@ -131,6 +131,7 @@ class Updater:
         self._requested: dict[tuple[str, int], float] = {}
         self._last_status: dict[str, Any] | None = None
         self._last_progress = 0.0
+        self._running_id: tuple[Path | None, str | None] = (None, None)
         self._thread = threading.Thread(target=self._main, name="updater", daemon=True)
         self.client = self._make_client()
 
@@ -281,12 +282,15 @@ class Updater:
         self._downloading(offer, force=True)
 
     def _running_offer_id(self) -> str | None:
+        """The offer id of the running bundle (its manifest's hash), read once per bundle."""
         from edge_runtime.updates.protocol import offer_id
 
-        try:
-            return offer_id((self.running / "manifest.json").read_bytes())
-        except OSError:
-            return None
+        if self._running_id[0] != self.running:
+            try:
+                self._running_id = (self.running, offer_id((self.running / "manifest.json").read_bytes()))
+            except OSError:
+                return None
+        return self._running_id[1]
 
     @staticmethod
     def staging_version(offer: Offer) -> int | None:
