@@ -4,6 +4,7 @@ publisher user writes offers, chunks and commands; a station cannot read another
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -14,6 +15,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from service_helpers import MOSQUITTO, Broker, wait_for
+from update_helpers import Keys, Station, signed_copy, write_station
+
+from edge_runtime.updates.publisher import Publisher
 
 ACL = Path(__file__).resolve().parents[1] / "examples" / "mosquitto" / "glad-edge.acl"
 USERS = ("st-a", "st-b", "glad-edge-publisher", "line")
@@ -50,17 +54,23 @@ class Client:
         self.c.loop_stop()
 
 
-def test_mosquitto_enforces_the_shipped_acl(tmp_path: Path) -> None:
+def acl_broker(root: Path) -> Broker:
+    """A started mosquitto with password authentication and the shipped ACL."""
     passwd = shutil.which("mosquitto_passwd")
     if MOSQUITTO is None or passwd is None:
         pytest.fail("mosquitto / mosquitto_passwd not installed (scripts/setup.sh installs them)")
-    pw = tmp_path / "passwd"
+    pw = root / "passwd"
     for i, user in enumerate(USERS):
         subprocess.run([passwd, *(["-c"] if i == 0 else []), "-b", str(pw), user, f"pw-{user}"], check=True)
-    broker = Broker(tmp_path)
+    broker = Broker(root)
     conf = broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
     broker.conf.write_text(conf + f"password_file {pw}\nacl_file {ACL}\nlog_type all\n")
     broker.start()
+    return broker
+
+
+def test_mosquitto_enforces_the_shipped_acl(tmp_path: Path) -> None:
+    broker = acl_broker(tmp_path)
     clients: list[Client] = []
     try:
         line = Client(broker.port, "line", ["glad-edge/#"])
@@ -88,4 +98,33 @@ def test_mosquitto_enforces_the_shipped_acl(tmp_path: Path) -> None:
     finally:
         for c in clients:
             c.close()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_an_update_runs_under_the_acl(small_bundle: Path, tmp_path: Path) -> None:
+    """A real station logged in as ``st-a`` takes an update from the publisher user; the line user reads its
+    verdicts: the station's and the publisher's topics fit the ACL."""
+    (tmp_path / "broker").mkdir()
+    broker = acl_broker(tmp_path / "broker")
+    keys = Keys(tmp_path)
+    v1 = signed_copy(small_bundle, tmp_path / "v1", keys.key, 1)
+    v2 = signed_copy(small_bundle, tmp_path / "v2", keys.key, 2)
+    config = write_station(tmp_path, "st-a", v1, broker.port, keys, 10.0,
+                           mqtt={"username": "st-a", "password": "pw-st-a"})
+    line = Client(broker.port, "line", ["glad-edge/+/verdict", "glad-edge/+/update/status"])
+    station = Station(config)
+    try:
+        station.wait_running()
+        with Publisher(v2, "127.0.0.1", broker.port, username="glad-edge-publisher",
+                       password="pw-glad-edge-publisher") as pub:
+            status = pub.update("st-a", wait=120)
+        assert status["state"] == "applied", status
+        wait_for(lambda: any(json.loads(p)["model"]["version"] == "2" for t, p in list(line.got)
+                             if t.endswith("/verdict")), 30, "v2 verdicts at the line user")
+        assert "Denied" not in (tmp_path / "broker" / "mosquitto.log").read_text()
+        assert station.stop() == 0, station.tail()
+    finally:
+        station.cleanup()
+        line.close()
         broker.stop()

@@ -153,7 +153,8 @@ class Station:
 
 
 def write_station(tmp: Path, name: str, bundle: Path, port: int, keys: Keys, threshold: float, *,
-                  fps: float = 4.0, updates: dict[str, Any] | None = None, metrics: bool = False) -> Path:
+                  fps: float = 4.0, updates: dict[str, Any] | None = None, metrics: bool = False,
+                  mqtt: dict[str, Any] | None = None) -> Path:
     """A station replaying one part image forever at ``fps``, verdicts over MQTT, updates on."""
     root = tmp / name
     root.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,7 @@ def write_station(tmp: Path, name: str, bundle: Path, port: int, keys: Keys, thr
         detector=FAST,
         pipeline={"allow_uncalibrated": True, "threshold": threshold, "queue_size": 64},
         mqtt={"host": "127.0.0.1", "port": port, "outbox_path": str(root / "state" / "outbox.sqlite3"),
-              "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "heartbeat_s": 5.0},
+              "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "heartbeat_s": 5.0, **(mqtt or {})},
         metrics={"port": 0 if metrics else None},
         logging={"format": "json", "level": "info", "verdicts": False},
         updates={"trusted_keys": [str(keys.pub)], "request_timeout_s": 2.0, "min_free_mb": 1,
