@@ -74,7 +74,13 @@ def test_transfer_cut_halfway_resumes_after_kill(env: dict[str, Any]) -> None:
     half = chunks // 2
     station = start(env)
     staged = env["state"] / "updates" / "staging" / "chunks"
-    with Publisher(env["v2"], "127.0.0.1", env["broker"].port, chunk_size=CHUNK, serve_limit=half) as pub:
+    class Cut(Publisher):
+        """Serves the first ``half`` chunks requested, then falls silent (a link cut mid-transfer)."""
+
+        def chunk_payload(self, name: str, index: int) -> bytes | None:
+            return super().chunk_payload(name, index) if self.served < half else None
+
+    with Cut(env["v2"], "127.0.0.1", env["broker"].port, chunk_size=CHUNK) as pub:
         pub.send_offer(NAME)
         wait_for(lambda: len([p for p in staged.rglob("*") if p.is_file()]) >= half, 60, "half the chunks staged")
     station.kill9()  # in the downloading phase, the publisher gone

@@ -160,15 +160,20 @@ def test_tampered_chunk_then_good_update_switches_at_one_seq(env: dict[str, Any]
     v2 = signed_copy(env["v1"], tmp_path / "v2", env["keys"].key, 2)
     tampered: list[tuple[str, int]] = []
 
-    def tamper(name: str, index: int, data: bytes) -> bytes:
-        if name == "unet.onnx" and index == 1 and not tampered:
+    class Tampering(Publisher):
+        """Flips the first byte of unet.onnx#1 the first time it is sent; the header keeps the true sha256."""
+
+        def chunk_payload(self, name: str, index: int) -> bytes | None:
+            payload = super().chunk_payload(name, index)
+            if payload is None or (name, index) != ("unet.onnx", 1) or tampered:
+                return payload
             tampered.append((name, index))
-            return bytes([data[0] ^ 0xFF]) + data[1:]
-        return data
+            data_at = 8 + int.from_bytes(payload[4:8], "big")  # magic, header length, header, data
+            return payload[:data_at] + bytes([payload[data_at] ^ 0xFF]) + payload[data_at + 1:]
 
     before = len(env["listener"].on("/verdict"))
     statuses_before = len(env["listener"].live_statuses())
-    with Publisher(v2, "127.0.0.1", env["broker"].port, chunk_size=64 * 1024, tamper=tamper) as pub:
+    with Tampering(v2, "127.0.0.1", env["broker"].port, chunk_size=64 * 1024) as pub:
         status = pub.update(NAME, wait=120)
         requested = [r for r in pub.requests if r[1:] == ("unet.onnx", 1)]
     assert status["state"] == "applied", status

@@ -72,13 +72,10 @@ class BundleSource:
 class Publisher:
     def __init__(self, bundle: Path | BundleSource, host: str, port: int, *, prefix: str = "glad-edge",
                  chunk_size: int = DEFAULT_CHUNK_SIZE, username: str | None = None, password: str | None = None,
-                 client_id: str | None = None, serve_limit: int | None = None,
-                 tamper: Callable[[str, int, bytes], bytes] | None = None) -> None:
+                 client_id: str | None = None) -> None:
         self.source = bundle if isinstance(bundle, BundleSource) else BundleSource.from_dir(bundle, chunk_size)
         self.offer = self.source.offer
         self.host, self.port, self.prefix = host, port, prefix
-        self.serve_limit = serve_limit  # tests: stop serving after this many chunks (a cut transfer)
-        self.tamper = tamper  # tests: alter a chunk's bytes on the way (its header keeps the true sha256)
         self.served = 0
         self.requests: list[tuple[str, str, int]] = []  # (station, file, index) requested
         self.statuses: dict[str, dict[str, Any]] = {}
@@ -172,15 +169,15 @@ class Publisher:
                 if entry is None or index >= math.ceil(entry.size / size):
                     continue
                 self.requests.append((station, name, index))
-                if self.serve_limit is not None and self.served >= self.serve_limit:
-                    continue
-                data = self.source.read(name, index * size, size)
-                payload = encode_chunk(self.offer.id, name, index, data)
-                if self.tamper is not None:
-                    altered = self.tamper(name, index, data)
-                    payload = payload[: len(payload) - len(data)] + altered
-                self.client.publish(topics(self.prefix, station)["chunk"], payload, qos=1)
-                self.served += 1
+                payload = self.chunk_payload(name, index)
+                if payload is not None:
+                    self.client.publish(topics(self.prefix, station)["chunk"], payload, qos=1)
+                    self.served += 1
+
+    def chunk_payload(self, name: str, index: int) -> bytes | None:
+        """The ``chunk`` message for ``name``#``index`` (None: not sent; the fault-injection tests override it)."""
+        size = self.offer.chunk_size
+        return encode_chunk(self.offer.id, name, index, self.source.read(name, index * size, size))
 
     # -- updates ------------------------------------------------------------------------------------
     def send_offer(self, station: str) -> None:
