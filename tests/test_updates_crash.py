@@ -123,3 +123,21 @@ def test_kill9_in_phase_then_restart(env: dict[str, Any], phase: str) -> None:
     wait_for(lambda: contiguous(env["listener"].on("/verdict"))[-1]["model"]["version"] == "2", 30, "v2 verdicts")
     assert not (env["state"] / "updates" / "staging").exists()
     assert station.stop() == 0, station.tail()
+
+
+def test_a_stalled_transfer_is_given_up(env: dict[str, Any]) -> None:
+    config = env["config"]
+    config.write_text(config.read_text().replace("request_timeout_s: 2.0", "request_timeout_s: 1.0\n  "
+                                                 "stall_timeout_s: 3.0"))
+    station = start(env)
+
+    class Silent(Publisher):
+        def chunk_payload(self, name: str, index: int) -> bytes | None:
+            return None
+
+    with Silent(env["v2"], "127.0.0.1", env["broker"].port, chunk_size=CHUNK) as pub:
+        status = pub.update(NAME, wait=60)
+    assert status["state"] == "rejected" and "transfer stalled: no chunk for 3 s" in status["reason"], status
+    assert not (env["state"] / "updates" / "staging").exists()
+    check_consistent(env, 1)
+    assert station.stop() == 0, station.tail()

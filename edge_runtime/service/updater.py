@@ -131,6 +131,7 @@ class Updater:
         self._requested: dict[tuple[str, int], float] = {}
         self._last_status: dict[str, Any] | None = None
         self._last_progress = 0.0
+        self._last_chunk_at = time.monotonic()
         self._running_id: tuple[Path | None, str | None] = (None, None)
         self._thread = threading.Thread(target=self._main, name="updater", daemon=True)
         self.client = self._make_client()
@@ -245,6 +246,11 @@ class Updater:
                 self._publish(self.topics["status"], json.dumps(self._last_status).encode(), retain=True)
             self._request_more()
         else:
+            offer = self.staging.offer
+            if offer is not None and time.monotonic() - self._last_chunk_at > self.ucfg.stall_timeout_s:
+                self._reject(offer, f"transfer stalled: no chunk for {self.ucfg.stall_timeout_s:g} s "
+                             "(updates.stall_timeout_s)", self.staging_version(offer))
+                return
             self._request_more()
 
     def _target(self) -> StationTarget:
@@ -322,6 +328,8 @@ class Updater:
 
     def _downloading(self, offer: Offer, force: bool = False) -> None:
         now = time.monotonic()
+        if force:
+            self._last_chunk_at = now
         if force or now - self._last_progress > 1.0:
             self._last_progress = now
             self.status("downloading", offer=offer, version=self.staging_version(offer), **self.staging.describe())
@@ -367,6 +375,7 @@ class Updater:
             self.status("downloading", offer=offer, version=self.staging_version(offer),
                         reason=f"refused {problem}; requested again", **self.staging.describe())
         else:
+            self._last_chunk_at = time.monotonic()
             self.metrics.bytes.inc(len(chunk.data))
         self._downloading(offer)
 

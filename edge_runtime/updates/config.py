@@ -27,6 +27,8 @@ class UpdatesConfig(BaseModel):
     require_selftest: bool = Field(True, description="refuse an update whose bundle carries no golden self-test")
     request_window: int = Field(8, ge=1, le=256, description="chunks requested at a time")
     request_timeout_s: float = Field(5.0, gt=0, le=600, description="re-request chunks not received this long")
+    stall_timeout_s: float = Field(1800.0, gt=0, le=86400 * 7,
+                                   description="give a transfer up (rejected) after this long without a chunk")
     switch_timeout_s: float = Field(120.0, gt=0, le=3600,
                                     description="wait at most this long for in-flight parts before a switch")
     on_restart: Literal["resume", "discard"] = Field(
