@@ -35,9 +35,9 @@ def fleet(small_bundle: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
             listener.close()
 
 
-def publish(fleet: dict[str, Any], bundle: Path) -> tuple[int, dict[str, Any]]:
+def publish(fleet: dict[str, Any], bundle: Path, stations: str = ",".join(NAMES)) -> tuple[int, dict[str, Any]]:
     r = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "publish-update", str(bundle),
-                        "--stations", ",".join(NAMES), "--broker", f"127.0.0.1:{fleet['broker'].port}",
+                        "--stations", stations, "--broker", f"127.0.0.1:{fleet['broker'].port}",
                         "--wave-size", "3", "--wait", "300"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.stdout.strip(), r.stderr
     return r.returncode, json.loads(r.stdout.strip().splitlines()[-1])
@@ -71,7 +71,9 @@ def test_roll_out_in_waves_then_a_failing_canary_halts(fleet: dict[str, Any]) ->
         m.version = 3
     v3 = resign_with(signed_copy(fleet["v1"], fleet["root"] / "v3", fleet["keys"].key, 3), fleet["keys"].key,
                      wrong_selftest)
-    rc, report = publish(fleet, v3)
+    group = fleet["root"] / "line.txt"  # the same fleet as a group file
+    group.write_text("# canary first\n" + "\n".join(NAMES) + "\n")
+    rc, report = publish(fleet, v3, f"@{group}")
     assert rc == 1 and report["outcome"] == "halted", report
     assert report["failed"] == [NAMES[0]] and sorted(report["not_started"]) == NAMES[1:]
     assert "self-test failed" in report["waves"][0][NAMES[0]]["reason"]

@@ -47,7 +47,8 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type[argparse.Arg
     u.add_argument("bundle", type=Path)
     g = u.add_mutually_exclusive_group(required=True)
     g.add_argument("--station", help="station id")
-    g.add_argument("--stations", help="comma-separated station ids; the first is the canary")
+    g.add_argument("--stations", help="comma-separated station ids, or @FILE (a group: one id per line, # comments); "
+                   "the first is the canary")
     u.add_argument("--broker", required=True, help="HOST:PORT")
     u.add_argument("--prefix", default="glad-edge", help="topic prefix (default glad-edge)")
     u.add_argument("--wait", type=float, help="seconds to wait for the final state; exit 0 only when applied")
@@ -109,12 +110,25 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0 if status.get("state") == "rolled-back" else 1
 
 
+def _stations(spec: str) -> list[str]:
+    if not spec.startswith("@"):
+        return [s.strip() for s in spec.split(",") if s.strip()]
+    path = Path(spec[1:])
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise GladEdgeError(f"--stations {spec}: group file larger than 1 MiB")
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GladEdgeError(f"--stations {spec}: cannot read the group file ({e})") from None
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     import os
 
     from edge_runtime.updates.publisher import Publisher
 
-    stations = [args.station] if args.station else [s.strip() for s in args.stations.split(",") if s.strip()]
+    stations = [args.station] if args.station else _stations(args.stations)
     if not stations or len(set(stations)) != len(stations):
         raise GladEdgeError("--stations: give distinct station ids, comma-separated")
     if not 1 <= args.chunk_kb <= 1024:
