@@ -3,15 +3,21 @@ directory, chunk framing limits, and the restart scan that keeps whole chunks an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edge_runtime.bundle import read_manifest
+from edge_runtime.bundle import MODEL_ROLES, read_manifest
+from edge_runtime.updates import signing
+from edge_runtime.updates.config import UpdatesConfig
+from edge_runtime.updates.offer import Rejected, StationTarget, check_offer
 from edge_runtime.updates.protocol import (
+    Offer,
     ProtocolError,
     check_name,
     decode_chunk,
@@ -93,3 +99,52 @@ def test_publish_update_bad_input_is_one_line(small_bundle: Path, tmp_path: Path
         r = run(*args)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr
         assert r.stderr.startswith("glad-edge publish-update: error: ")
+
+
+def _offer(raw: dict, key_path: Path) -> Offer:
+    manifest_bytes = json.dumps(raw).encode()
+    sig = signing.sign_bytes(manifest_bytes, signing.load_private_key(key_path))
+    return BundleSource(manifest_bytes, sig, lambda *a: b"").offer
+
+
+def test_offer_target_checks(small_bundle: Path, tmp_path: Path) -> None:
+    key, pub = signing.keygen(tmp_path / "k")
+    trusted = signing.load_trusted_keys([pub])
+    raw = json.loads((small_bundle / "manifest.json").read_text())
+    raw["version"] = 5
+    cpu = StationTarget(backend="onnxruntime", gpu_arch=None, running_version=4)
+    gpu = StationTarget(backend="tensorrt", gpu_arch="sm_90", running_version=4)
+    cfg = UpdatesConfig(trusted_keys=[pub])
+
+    def check(offer: Offer, station: StationTarget = cpu, config: UpdatesConfig = cfg) -> None:
+        check_offer(offer, config, trusted, station, tmp_path)
+
+    check(_offer(raw, key))  # the plain bundle suits a CPU station
+    with pytest.raises(Rejected, match="the station runs tensorrt, the bundle has no TensorRT engines"):
+        check(_offer(raw, key), gpu)
+
+    target = {"library": "tensorrt", "version": "10.3.0", "compute_capabilities": ["sm_87"],
+              "strongly_typed": False, "precision": "fp16"}
+    with_engines = json.loads(json.dumps(raw))
+    for role in MODEL_ROLES:
+        name = f"engines/{role}.engine"
+        with_engines.setdefault("engines", {})[role] = {"file": name, "format": "tensorrt", "precision": "fp16",
+                                                          "backend": "tensorrt", "target": target}
+        with_engines["files"][name] = {"sha256": "0" * 64, "size": 10}
+    with pytest.raises(Rejected, match=r"engines built for \['sm_87'\], this GPU is sm_90"):
+        check(_offer(with_engines, key), gpu)
+    with pytest.raises(Rejected, match=r"precision \['fp16'\], the station takes \['fp32'\]"):
+        check(_offer(with_engines, key), dataclasses.replace(gpu, gpu_arch="sm_87"),
+              cfg.model_copy(update={"precisions": ["fp32"]}))
+    check(_offer(with_engines, key), dataclasses.replace(gpu, gpu_arch="sm_87"))
+
+    lying = _offer(raw, key)
+    lying.target = {**lying.target, "backends": ["onnxruntime", "tensorrt"]}
+    with pytest.raises(Rejected, match="the offer announces"):
+        check(lying)
+    with pytest.raises(Rejected, match="not enough free disk"):
+        check(_offer(raw, key), config=cfg.model_copy(update={"min_free_mb": 10**6}))
+    with pytest.raises(Rejected, match="manifest has no version"):
+        check(_offer({k: v for k, v in raw.items() if k != "version"}, key))
+    with pytest.raises(Rejected, match="remote updates are off"):
+        check_offer(_offer(raw, key), cfg, {}, cpu, tmp_path)
