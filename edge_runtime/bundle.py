@@ -85,9 +85,27 @@ class KernelEntry(_Strict):
     source_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the kernel source it was compiled from
 
 
+class SelfTestImage(_Strict):
+    file: str  # PNG inside the bundle, hashed in ``files``
+    score: float  # what the bundle must reproduce on this image
+    adaptive_step: int | None = None
+
+
+class SelfTest(_Strict):
+    """Golden self-test: a station runs these images through a freshly loaded bundle before switching to it
+    (edge_runtime.updates.selftest), with the bundle's own sampler."""
+
+    images: list[SelfTestImage] = Field(min_length=1, max_length=64)
+    atol: float = Field(1e-3, ge=0)
+    rtol: float = Field(1e-2, ge=0)
+    backend: str = "onnxruntime"  # the backend the golden scores were computed on
+
+
 class Manifest(_Strict):
     schema_version: int
     bundle_version: str = "0"
+    # integer release number set by ``glad-edge bundle sign``; a station accepts only a higher one by update
+    version: int | None = Field(None, ge=0)
     created: str = ""
     source: dict[str, Any] = Field(default_factory=dict)
     glad: GladConfig
@@ -103,6 +121,7 @@ class Manifest(_Strict):
     # TensorRT engines built from ``models`` (glad-edge build-engines), per role; empty: none built
     engines: dict[str, ModelEntry] = Field(default_factory=dict)
     kernels: KernelEntry | None = None
+    selftest: SelfTest | None = None
     files: dict[str, FileEntry]
 
     @model_validator(mode="after")
@@ -122,6 +141,8 @@ class Manifest(_Strict):
         names.add(self.noise.file)
         if self.kernels is not None:
             names.add(self.kernels.file)
+        if self.selftest is not None:
+            names |= {image.file for image in self.selftest.images}
         return names
 
 
@@ -145,7 +166,7 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
     path = d / MANIFEST
     tmp = path.with_suffix(".tmp")
     # Left out while empty, so a bundle without engines or kernels still reads on runtimes older than them.
-    unused = {key for key in ("engines", "kernels") if not getattr(manifest, key)}
+    unused = {key for key in ("engines", "kernels", "version", "selftest") if getattr(manifest, key) in (None, {})}
     tmp.write_text(manifest.model_dump_json(indent=2, exclude=unused) + "\n")
     tmp.replace(path)
     return path

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one config key, value parsed as YAML (repeatable), "
                    "e.g. --set pipeline.deadline_ms=500")
     p.add_argument("--check", action="store_true", help="validate the config, load the bundle, open the camera, exit")
+    from edge_runtime.updates.cli import add_parsers
+
+    add_parsers(sub, _Parser)
     return parser
 
 
@@ -327,6 +330,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from edge_runtime.updates.cli import cmd_bundle
+
+    return cmd_bundle(args)
+
+
+def _cmd_publish_update(args: argparse.Namespace) -> int:
+    from edge_runtime.updates.cli import cmd_publish
+
+    return cmd_publish(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.service.service import run_service
 
@@ -342,6 +357,8 @@ COMMANDS = {
     "bench": _cmd_bench,
     "demo": _cmd_demo,
     "run": _cmd_run,
+    "bundle": _cmd_bundle,
+    "publish-update": _cmd_publish_update,
 }
 
 

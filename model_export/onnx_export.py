@@ -426,8 +426,12 @@ def export_bundle(
     progress: bool = True,
     unet_guidance: str = "graph",
     overwrite: bool = False,
+    selftest: bool = True,
 ) -> Path:
     """Export ``checkpoint_dir`` to an ONNX bundle at ``out_dir``; returns ``out_dir``.
+
+    ``selftest`` adds the golden self-test (edge_runtime.updates.selftest) a station runs before switching
+    to the bundle by update.
 
     ``unet_guidance="graph"`` (default) bakes the guidance combination into unet.onnx (output ``eps``);
     ``"batch2"`` exports the batch-2 UNet (output ``eps_pair``, uncond first) for the runtime to combine.
@@ -482,6 +486,11 @@ def export_bundle(
             files={name: FileEntry(sha256="0" * 64, size=0) for name in extra_files},
         )
         write_manifest(tmp, manifest)
+        if selftest:
+            from edge_runtime.updates.selftest import make_selftest
+
+            manifest.selftest = make_selftest(tmp, manifest)
+            write_manifest(tmp, manifest)
         read_manifest(tmp)  # the bundle as the device will read it: schema and every hash
         _move_into_place(tmp, out)
     except BaseException:

@@ -64,7 +64,9 @@ def test_manifest_and_files(exported, ref):
     m = read_manifest(bundle)  # schema and every sha256
     assert m.schema_version == SCHEMA_VERSION
     assert set(m.models) == set(MODEL_ROLES)
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([*m.files, "manifest.json"])
+    files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
+    assert files == sorted([*m.files, "manifest.json"])
+    assert m.selftest is not None and {i.file for i in m.selftest.images} == {f"selftest/{i}.png" for i in range(3)}
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".bundle")]  # no temporary left
     assert m.glad == ref.config and m.threshold is None
     assert m.sampler.name == "exact" and m.sampler.inference_steps == ref.config.inference_steps

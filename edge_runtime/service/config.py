@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
+from edge_runtime.updates.config import UpdatesConfig
 
 # Fields a serial message template may use ({name}); the verdict message's keys plus a few helpers.
 TEMPLATE_FIELDS = {
@@ -265,6 +266,7 @@ class ServiceConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     limits: LimitsConfig = LimitsConfig()
+    updates: UpdatesConfig = UpdatesConfig()
 
     _station = field_validator("station")(lambda v: check_station(v))
 
@@ -420,6 +422,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     cfg.storage.state_dir = _resolve(base, cfg.storage.state_dir)
     if cfg.storage.rejects_dir is not None:
         cfg.storage.rejects_dir = _resolve(base, cfg.storage.rejects_dir)
+    cfg.updates.trusted_keys = [_resolve(base, k) for k in cfg.updates.trusted_keys]
     if _is_path_source(cfg.camera.source, cfg.camera.kind):
         cfg.camera.source = str(_resolve(base, Path(str(cfg.camera.source))))
     return cfg

@@ -75,6 +75,21 @@ _RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts"}
 _STATUS_SLACK = 64  # paho message-store room kept for status messages on top of the verdict window
 
 
+def make_client(cfg: MqttConfig, client_id: str, logger: str) -> mqtt.Client:
+    """An MQTT v5 client with the config's credentials, TLS and reconnect backoff."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.enable_logger(logging.getLogger(logger))
+    client.suppress_exceptions = True  # a failing callback is logged; it must not end the network thread
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    if cfg.tls is not None:
+        client.tls_set(ca_certs=cfg.tls.ca_certs, certfile=cfg.tls.certfile, keyfile=cfg.tls.keyfile)
+        if cfg.tls.insecure:
+            client.tls_insecure_set(True)
+    client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+    return client
+
+
 def utc_now() -> str:
     """RFC 3339 UTC timestamp with milliseconds, e.g. ``2024-05-01T12:00:00.123Z``."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -169,18 +184,7 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cfg.client_id_for(self.station), protocol=mqtt.MQTTv5
-        )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        client.suppress_exceptions = True  # a failing callback is logged; it must not end the network thread
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls is not None:
-            client.tls_set(ca_certs=cfg.tls.ca_certs, certfile=cfg.tls.certfile, keyfile=cfg.tls.keyfile)
-            if cfg.tls.insecure:
-                client.tls_insecure_set(True)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client = make_client(cfg, cfg.client_id_for(self.station), f"{__name__}.paho")
         client.max_inflight_messages_set(cfg.max_inflight + 4)
         client.max_queued_messages_set(self._max_queued)
         will = {

@@ -51,6 +51,7 @@ from edge_runtime.service.camera import Camera, Frame
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import rfc3339
 from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.service.model_switch import ModelGate, OutputBarrier
 from edge_runtime.service.outbox import storage_fault
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.storage import RejectStore
@@ -215,6 +216,7 @@ class Pipeline:
         self.deadline_s = p.deadline_ms / 1000.0 if p.deadline_ms else None
         self.inspect_q = BoundedQueue(p.queue_size)
         self.output_q = BoundedQueue(p.output_queue_size)
+        self.gate = ModelGate()  # model updates switch detectors between two parts (model_switch.py)
         self.finished = threading.Event()  # every captured part has its verdict, all stages ended
         self._stop_capture = threading.Event()
         self._abort = threading.Event()  # hard stop: leave blocking puts
@@ -314,7 +316,6 @@ class Pipeline:
             self.inspect_q.close()
 
     def _inspect_loop(self, i: int) -> None:
-        det = self.detectors[i]
         try:
             while True:
                 part = self.inspect_q.get(timeout=0.5)
@@ -322,7 +323,8 @@ class Pipeline:
                     return
                 if part is None:
                     continue
-                self._inspect(i, det, part)
+                with self.gate.use():
+                    self._inspect(i, self.detectors[i], part)
         finally:
             with self._workers_lock:
                 self._workers_left -= 1
@@ -419,6 +421,9 @@ class Pipeline:
                 if part is CLOSED:
                     return
                 if part is None:
+                    continue
+                if isinstance(part, OutputBarrier):
+                    part.done.set()
                     continue
                 self.output_busy_since = time.monotonic()
                 try:

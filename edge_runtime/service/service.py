@@ -34,6 +34,7 @@ from edge_runtime.service.pipeline import Listener, Pipeline, decide_threshold
 from edge_runtime.service.storage import RejectStore
 from edge_runtime.service.storage_guard import StorageGuard
 from edge_runtime.service.watchdog import Watchdog
+from edge_runtime.updates.store import model_version
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class Service:
         self.heartbeat: Heartbeat | None = None
         self.camera: Camera | None = None
         self.guard = StorageGuard(outbox_path(cfg), int(cfg.storage.min_free_mb * 2**20), metrics=self.metrics)
+        self.updater: Any = None
         self.state = "starting"
         self._stopped = False
 
@@ -206,10 +208,13 @@ class Service:
         if self.setup_logs:
             setup_logging(cfg.logging.format, cfg.logging.level)
         t0 = time.monotonic()
+        from edge_runtime.service.updater import prepare_updates
+
+        prepared = prepare_updates(cfg)  # may point cfg.bundle at an installed update
         detectors = self._detectors if self._detectors is not None else load_detectors(cfg)
         det = detectors[0]
         threshold = decide_threshold(cfg, det.threshold)
-        model = model_identity(cfg.bundle, det.manifest.bundle_version)
+        model = model_identity(cfg.bundle, model_version(det.manifest))
         self.metrics.model_info.set(1, version=model["version"], sha256=model["sha256"], backend=det.backend)
         for d in detectors:
             for _ in range(cfg.detector.warmup):
@@ -283,6 +288,11 @@ class Service:
         if self.link is not None:
             self.link.start()
         self.pipeline.start()
+        if cfg.mqtt is not None and cfg.updates.listen and cfg.updates.trusted_keys:
+            from edge_runtime.service.updater import Updater
+
+            self.updater = Updater(self, prepared)
+            self.updater.start()
         self.state = "running"
         self.watchdog.start()
         self.heartbeat.start()
@@ -354,6 +364,8 @@ class Service:
         self.state = "stopping"
         sd_notify("STOPPING=1")
         self._set_status("stopping")
+        if self.updater is not None:  # no switch while the pipeline drains
+            self.updater.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.link is not None:  # each trigger taken so far reaches the camera, later ones are refused
@@ -392,6 +404,9 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
 
     cfg = load_config(config, list(overrides))
     if check:
+        from edge_runtime.service.updater import prepare_updates
+
+        prepared = prepare_updates(cfg)
         detectors = load_detectors(cfg.model_copy(update={"detector": cfg.detector.model_copy(update={"workers": 1})}))
         threshold = decide_threshold(cfg, detectors[0].threshold)
         camera = Camera(cfg.camera, limits=cfg.limits)
@@ -406,7 +421,9 @@ def run_service(config: str | Path, overrides: Sequence[str] = (), *, check: boo
         if err is not None:
             raise GladEdgeError(f"{key}: {path.parent} is not writable: {storage_fault(err)} ({err.strerror})")
         print(f"config OK: station {cfg.station}, bundle {cfg.bundle} (threshold {threshold:g}), "
-              f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}")
+              f"camera {safe_source(cfg.camera.source)!r}, mqtt {'on' if cfg.mqtt else 'off'}"
+              + (f", signed version {prepared.active.manifest.version} by trusted key {prepared.active.key_id}"
+                 if prepared.trusted else ""))
         return 0
     before = set(threading.enumerate())
     rc = Service(cfg, listeners=listeners).run()

@@ -1,0 +1,2 @@
+"""Signed model updates: bundle signing, the MQTT transfer protocol, staging, the station's bundle store and
+the publisher (docs/updates.md)."""
