@@ -66,7 +66,9 @@ Log = Callable[[str], None]
 
 # -- the library -----------------------------------------------------------------------------------
 def import_tensorrt(prefer: str | None = None) -> ModuleType:
-    """The TensorRT module: ``prefer`` first when given, else ``tensorrt`` then ``tensorrt_rtx``."""
+    """The TensorRT module: ``prefer`` (default ``$GLAD_EDGE_TENSORRT``) first when given, else ``tensorrt`` then
+    ``tensorrt_rtx``."""
+    prefer = prefer or os.environ.get("GLAD_EDGE_TENSORRT") or None
     if prefer is not None and prefer not in LIBRARIES:
         raise GladEdgeError(f"unknown TensorRT library {prefer!r} (choose from {', '.join(LIBRARIES)})")
     order = [prefer, *(name for name in LIBRARIES if name != prefer)] if prefer else list(LIBRARIES)
