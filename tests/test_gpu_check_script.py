@@ -92,3 +92,41 @@ def test_gpu_and_library_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     if importlib.util.find_spec("tensorrt") is None:  # a Jetson without JetPack's TensorRT: never pip, never RTX
         with pytest.raises(gpu_target.Refused, match="python3-libnvinfer"):
             gpu_target.choose_library("sm_87", "Orin", machine="aarch64")
+
+
+def _stub(path: Path, body: str) -> Path:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_setup_on_a_jetson_keeps_the_system_torch(tmp_path: Path) -> None:
+    """scripts/setup.sh on aarch64 with JetPack's torch: no PyPI torch==2.13.0, and the installed torch is pinned
+    for the project install. No Jetson here: `uname` says aarch64 and $PYTHON is a stand-in that logs what it is
+    asked (pip installs nothing) and reports JetPack's torch version."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir / "uname", 'if [ "${1:-}" = -m ]; then echo aarch64; else exec /bin/uname "$@"; fi\n')
+    log = tmp_path / "python.log"
+    python = _stub(tmp_path / "python", f"""echo "ARGS $*" >>{log}
+if [ "$1" = -c ]; then
+  case "$2" in *2.13.0*) exit 1 ;; *torch.__version__*) echo 2.5.0a0+872d972e41.nv24.08 ;; esac; exit 0
+fi
+prev=; for a in "$@"; do [ "$prev" = -c ] && [ -f "$a" ] && sed 's/^/PIN /' "$a" >>{log}; prev=$a; done
+""")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python)}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text()
+    assert "torch==2.13.0" not in calls
+    assert "PIN torch==2.5.0a0+872d972e41.nv24.08" in calls and "install --quiet -e .[export,dev] -c" in calls
+    assert "keeping the system torch 2.5.0a0" in proc.stdout
+
+    # no torch at all: one line saying where the Jetson's comes from, and nothing installed
+    log.unlink()
+    _stub(python, f'echo "ARGS $*" >>{log}\n[ "$1" = -c ] && exit 1\nexit 0\n')
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "PyTorch for JetPack" in proc.stderr
+    assert "pip" not in log.read_text()
