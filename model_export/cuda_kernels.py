@@ -88,14 +88,18 @@ def device_compute_capability() -> str | None:
 
 def select_targets(nvcc: Path | None = None, device_cc: str | None = None) -> tuple[list[str], str | None]:
     """(cubin targets, PTX target) for this nvcc: the wanted ``TARGETS`` it can build, plus ``device_cc``
-    (default: this machine's GPU, if any), which must be buildable; PTX for the newest of them."""
+    (default: this machine's GPU, if any), which must be buildable unless it predates them all (sm_61 with
+    CUDA 13); PTX for the newest of them."""
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise GladEdgeError("nvcc not found (set NVCC, put it on PATH, or install CUDA in /usr/local/cuda)")
     codes, archs = _nvcc_lists(str(nvcc))
     targets = {t for t in TARGETS if t in codes}
     device = device_cc if device_cc is not None else device_compute_capability()
-    if device is not None:
+    # a GPU older than every wanted target (it cannot run the GPU path) that this nvcc dropped does not stop
+    # a build for other machines
+    too_old = device is not None and device not in codes and _arch_number(device) < _arch_number(TARGETS[0])
+    if device is not None and not too_old:
         if device not in codes:
             supported = ", ".join(sorted(codes, key=_arch_number))
             raise GladEdgeError(f"{nvcc} cannot compile for this machine's GPU ({device}); it builds for "

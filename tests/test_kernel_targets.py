@@ -84,6 +84,8 @@ def test_nvcc_13_keeps_every_target_and_adds_the_machines_gpu(tmp_path: Path, mo
     # a GB10 (sm_121): covered by the sm_120 cubin, built for its own architecture all the same
     targets, ptx = cuda_kernels.select_targets(nvcc, device_cc="sm_121")
     assert targets == [*cuda_kernels.TARGETS, "sm_121"] and ptx == "compute_121"
+    # a Pascal card in the build machine (nothing of glad-edge runs on it): builds for the others all the same
+    assert cuda_kernels.select_targets(nvcc, device_cc="sm_61") == (list(cuda_kernels.TARGETS), cuda_kernels.PTX)
 
 
 def test_a_machine_gpu_the_nvcc_cannot_build_is_refused_before_any_engine(
