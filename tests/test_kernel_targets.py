@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from cuda_standin import Driver, cdll
 
+from edge_runtime.bundle import EngineTarget
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.kernels import launch as kl
 from model_export import cuda_kernels, tensorrt_build
@@ -66,13 +67,36 @@ def orin(monkeypatch: pytest.MonkeyPatch) -> Driver:
     return driver
 
 
-def test_fatbin_with_a_cuda_12_6_nvcc_holds_sm_87(tmp_path: Path, orin: Driver) -> None:
+def _fake_engine_builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """build_engines without TensorRT: engine builds are recorded (and write a placeholder), the kernels are real."""
+    built: list[str] = []
+    fake_trt = SimpleNamespace(__name__="tensorrt", __version__="10.99",
+                               NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
+
+    def build(onnx: Path, engine: Path, *, precision: str, **_: object) -> EngineTarget:
+        built.append(str(onnx))
+        Path(engine).write_bytes(b"engine")
+        return EngineTarget(library="tensorrt", version="10.99", compute_capabilities=["sm_87"],
+                            strongly_typed=True, precision=precision)
+
+    monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda library=None: fake_trt)
+    monkeypatch.setattr(tensorrt_build, "build_engine", build)
+    return built
+
+
+def test_fatbin_with_a_cuda_12_6_nvcc_holds_sm_87(tmp_path: Path, small_bundle: Path, orin: Driver,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """JetPack 6 on an Orin: build-engines' fatbin holds sm_75 .. sm_90 + compute_90, and the manifest says so."""
     nvcc = _nvcc_up_to(tmp_path, 90)
     with pytest.raises(GladEdgeError, match="Unsupported gpu architecture"):  # the wrapper does refuse
         cuda_kernels.compile_fatbin(tmp_path / "all.fatbin", targets=["sm_100"], nvcc=nvcc)
     assert cuda_kernels.select_targets(nvcc) == (CUDA_12_6, "compute_90")
-    fatbin = cuda_kernels.compile_fatbin(tmp_path / kl.FATBIN_NAME, nvcc=nvcc)
-    images = {im.target: im for im in cuda_kernels.read_fatbin(fatbin.read_bytes())}
+    monkeypatch.setenv("NVCC", str(nvcc))
+    _fake_engine_builds(monkeypatch)
+    bundle = shutil.copytree(small_bundle, tmp_path / "b")
+    m = tensorrt_build.build_engines(bundle, precision="fp32", timing_cache=False, progress=False)
+    assert m.kernels is not None and m.kernels.targets == CUDA_12_6 and m.kernels.ptx == "compute_90"
+    images = {im.target: im for im in cuda_kernels.read_fatbin((bundle / m.kernels.file).read_bytes())}
     assert set(images) == {*CUDA_12_6, "compute_90"} and images["compute_90"].kind == "ptx"
     assert all(im.kernels == set(kl.SIGNATURES) for im in images.values())
 
@@ -98,11 +122,7 @@ def test_a_machine_gpu_the_nvcc_cannot_build_is_refused_before_any_engine(
         cuda_kernels.select_targets()
     assert "\n" not in str(e.value) and "this machine's GPU (sm_100)" in str(e.value)
 
-    built: list[str] = []
-    fake_trt = SimpleNamespace(__name__="tensorrt", __version__="10.99",
-                               NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
-    monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda library=None: fake_trt)
-    monkeypatch.setattr(tensorrt_build, "build_engine", lambda onnx, *a, **k: built.append(str(onnx)))
+    built = _fake_engine_builds(monkeypatch)
     bundle = tmp_path / "b"
     shutil.copytree(small_bundle, bundle)
     manifest = (bundle / "manifest.json").read_bytes()
