@@ -85,6 +85,10 @@ def test_worker_threads_inspect_through_cuda_device(driver: Driver, engine_bundl
     assert driver.misaligned == []
     assert driver.timesteps_seen == steps * 4
     assert driver.stack() == []
+    det.pipeline.device.close()  # type: ignore[attr-defined]  # on yet another thread than the inspections
+    assert driver.memory == {} and driver.stack() == []  # every allocation freed, the context popped
+    with pytest.raises(GladEdgeError, match="closed"):
+        det.inspect(part_image)
 
 
 def test_every_tensor_address_is_aligned_and_checked(driver: Driver, engine_bundle: Path) -> None:
