@@ -87,7 +87,8 @@ class Detector:
                 raise GladEdgeError(f"{bundle_dir / 'manifest.json'}: no TensorRT engines for {missing} "
                                     "(glad-edge build-engines BUNDLE)")
             device = CudaDevice(bundle_dir, manifest, device_index=options.get("device_index", 0),
-                                cuda_graphs=options.get("cuda_graphs", True))
+                                cuda_graphs=options.get("cuda_graphs", True),
+                                runtime_cache=options.get("runtime_cache"))
         else:
             ort_options = {k: v for k, v in options.items() if k != "schedule_seed"}
             device = HostDevice(bundle_dir, manifest.models, ort_options, schedule_seed=options.get("schedule_seed"))

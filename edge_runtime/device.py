@@ -14,6 +14,7 @@ offset does, so engines can write straight into a slice of a larger buffer (no c
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,11 @@ class Buffer(Protocol):
 
 class Device(Protocol):
     name: str
+
+    def current(self) -> AbstractContextManager[None]:
+        """A block in which the calling thread may use the device (CUDA: its context is current there);
+        re-entrant. Every other method works outside one too, at the cost of entering it per call."""
+        ...
 
     def alloc(self, shape: Sequence[int], dtype: type = np.float32) -> Buffer: ...
 
@@ -106,6 +112,9 @@ class HostDevice:
             engine = OrtEngine(bundle_dir / entry.file, **(engine_options or {}))  # type: ignore[attr-defined]
             self.engines[role] = engine
             self._io[role] = _ort_io(engine, batch=2)
+
+    def current(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def alloc(self, shape: Sequence[int], dtype: type = np.float32) -> HostBuffer:
         return HostBuffer(np.zeros(tuple(shape), dtype))

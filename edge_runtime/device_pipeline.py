@@ -65,8 +65,11 @@ class DevicePipeline:
         self.ad_p, self.ad_d = ad[1], ad[2]
         self.ad_feats = d.alloc((2, self.ad_p, self.ad_d))
         self.ad_map = d.alloc((1, 1, self.ad_p))
-        self.timesteps = d.alloc((len(self.steps),))  # view(i) is step i's [1] timestep input
-        d.upload(self.timesteps, np.array([st.t for st in self.steps], np.float32))
+        # One allocation per step: TensorRT needs every tensor address 256-byte aligned, and a view into one
+        # [steps] buffer would sit 4 bytes after the previous step's.
+        self.timesteps = [d.alloc((1,)) for _ in self.steps]
+        for ts, st in zip(self.timesteps, self.steps, strict=True):
+            d.upload(ts, np.array([st.t], np.float32))
         self.pair = d.alloc((2, 3, rd, rd))
         f = d.engine_io("dino").outputs["features"]  # [2, L, P, D]
         self.layers, self.p, self.dim = f[1], f[2], f[3]
@@ -96,7 +99,7 @@ class DevicePipeline:
             ("vae_encoder", "image"): self.images.view(0).shape,
             ("vae_encoder", "latent"): self.z0.shape,
             ("unet", "sample"): self.x_t.shape,
-            ("unet", "timestep"): self.timesteps.view(0).shape,
+            ("unet", "timestep"): self.timesteps[0].shape,
             ("unet", self.unet_out): (self.eps_pair or self.eps).shape,
             ("vae_decoder", "latent"): self.x0_pair.shape,
             ("vae_decoder", "image"): self.check_images.shape,
@@ -122,7 +125,7 @@ class DevicePipeline:
     def _step_model(self, i: int, a_t: float) -> None:
         """UNet at step i (guidance in the graph, or combined here) and x0 of the current sample."""
         d = self.device
-        ts = self.timesteps.view(i)
+        ts = self.timesteps[i]
         if self.eps_pair is None:
             d.run_engine("unet", {"sample": self.x_t, "timestep": ts}, {"eps": self.eps})
         else:  # batch-2 graph, uncond first: eps = u + s (c - u) = (1 - s) u + s c
@@ -149,6 +152,10 @@ class DevicePipeline:
         self._axpby(self.x_t, x0, self.eps, math.sqrt(a_prev), math.sqrt(1 - a_prev))
 
     def inspect(self, image: np.ndarray, noise: np.ndarray | None = None, with_images: bool = True) -> InspectionResult:
+        with self.device.current():  # one context push for the whole part, on whichever thread inspects
+            return self._inspect(image, noise, with_images)
+
+    def _inspect(self, image: np.ndarray, noise: np.ndarray | None, with_images: bool) -> InspectionResult:
         g, d = self.glad, self.device
         timings: dict[str, float] = {}
         calls = {"unet": 0, "vae_encode": 0, "vae_decode": 0, "dino_adaptive": 0, "dino": 0, "checks": 0}

@@ -3,7 +3,10 @@ bundle may meet, and a reader of fatbin contents (no cuobjdump needed) for the t
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -15,10 +18,12 @@ from pathlib import Path
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.kernels import launch as kl
 
-# Turing .. Blackwell (B200 sm_100, Thor sm_110, RTX 50 sm_120). CUDA 13's nvcc dropped sm_72 (Xavier). The
-# compute_120 PTX covers newer GPUs only (PTX runs forward), hence the explicit sm_100 cubin.
+# The targets wanted where the nvcc has them: Turing .. Blackwell (B200 sm_100, Thor sm_110, RTX 50 sm_120).
+# select_targets() keeps those the installed nvcc lists (CUDA 12.6 on JetPack 6 stops at sm_90; sm_110 exists
+# from CUDA 13 on) and adds the build machine's own GPU. The PTX covers newer GPUs only (PTX runs forward),
+# hence an explicit cubin for every major architecture.
 TARGETS: tuple[str, ...] = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_110", "sm_120")
-PTX = "compute_120"  # PTX for GPUs newer than the newest cubin
+PTX = "compute_120"  # PTX for GPUs newer than the newest cubin (with an nvcc that has it)
 
 # No --use_fast_math: the cosine keeps IEEE sqrt and division (the tests hold it to ~1e-5 of numpy).
 # --no-compress keeps every image readable (kernel names, arch) for read_fatbin and cuobjdump alike.
@@ -37,6 +42,82 @@ def find_nvcc() -> Path | None:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c)
     return None
+
+
+def _arch_number(name: str) -> int:
+    m = re.fullmatch(r"(?:sm|compute)_(\d+)", name)
+    if not m:
+        raise GladEdgeError(f"CUDA architecture {name!r} is not of the form sm_XY or compute_XY")
+    return int(m.group(1))
+
+
+@functools.lru_cache(maxsize=8)
+def _nvcc_lists(nvcc: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(``--list-gpu-code``, ``--list-gpu-arch``) of this nvcc: the cubin and the PTX targets it can build.
+    Variants with a suffix (sm_90a, sm_100f) are left out: their code runs only on that exact GPU."""
+    lists = []
+    for flag in ("--list-gpu-code", "--list-gpu-arch"):
+        try:
+            proc = subprocess.run([nvcc, flag], capture_output=True, text=True, check=False, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise GladEdgeError(f"nvcc {flag} failed: {e}") from None
+        names = frozenset(re.findall(r"\b(?:sm|compute)_\d+\b", proc.stdout))
+        if proc.returncode != 0 or not names:
+            first = _first_error(proc.stderr + proc.stdout)
+            raise GladEdgeError(f"{nvcc} {flag} gave no architectures (exit {proc.returncode}): {first}")
+        lists.append(names)
+    return lists[0], lists[1]
+
+
+def device_compute_capability() -> str | None:
+    """The compute capability of this machine's GPU, CUDA device 0 as the driver numbers them
+    (CUDA_VISIBLE_DEVICES applies), or None without a usable driver or GPU."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0:
+        return None
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+    for value, attribute in ((major, 75), (minor, 76)):
+        if cuda.cuDeviceGetAttribute(ctypes.byref(value), attribute, dev) != 0:
+            return None
+    return f"sm_{major.value}{minor.value}"
+
+
+def select_targets(nvcc: Path | None = None, device_cc: str | None = None) -> tuple[list[str], str | None]:
+    """(cubin targets, PTX target) for this nvcc: the wanted ``TARGETS`` it can build, plus ``device_cc``
+    (default: this machine's GPU, if any), which must be buildable unless it predates them all (sm_61 with
+    CUDA 13); PTX for the newest of them."""
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise GladEdgeError("nvcc not found (set NVCC, put it on PATH, or install CUDA in /usr/local/cuda)")
+    codes, archs = _nvcc_lists(str(nvcc))
+    targets = {t for t in TARGETS if t in codes}
+    device = device_cc if device_cc is not None else device_compute_capability()
+    # a GPU older than every wanted target (it cannot run the GPU path) that this nvcc dropped does not stop
+    # a build for other machines
+    too_old = device is not None and device not in codes and _arch_number(device) < _arch_number(TARGETS[0])
+    if device is not None and not too_old:
+        if device not in codes:
+            supported = ", ".join(sorted(codes, key=_arch_number))
+            raise GladEdgeError(f"{nvcc} cannot compile for this machine's GPU ({device}); it builds for "
+                                f"{supported}: install a CUDA toolkit that supports {device}")
+        targets.add(device)
+    if not targets:
+        raise GladEdgeError(f"{nvcc} builds none of the GPU targets glad-edge uses ({', '.join(TARGETS)})")
+    ordered = sorted(targets, key=_arch_number)
+    newest = _arch_number(ordered[-1])
+    ptx_archs = [a for a in archs if _arch_number(a) <= newest]
+    ptx = max(ptx_archs, key=_arch_number) if ptx_archs else None
+    return ordered, ptx
+
+
+def _first_error(text: str) -> str:
+    lines = text.splitlines()
+    return next((ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()),
+                lines[0] if lines else "").strip()
 
 
 def _gencode(targets: Sequence[str], ptx: str | None) -> list[str]:
@@ -70,9 +151,7 @@ def _run_nvcc(nvcc: Path | None, mode: str, gencode: list[str], out_path: Path, 
             cwd=src,  # glad_kernels.cu includes its siblings by relative name
         )  # fmt: skip
         if proc.returncode != 0:
-            lines = (proc.stderr + proc.stdout).splitlines()
-            first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
-            raise GladEdgeError(f"nvcc failed (exit {proc.returncode}): {first.strip()}")
+            raise GladEdgeError(f"nvcc failed (exit {proc.returncode}): {_first_error(proc.stderr + proc.stdout)}")
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -80,9 +159,12 @@ def _run_nvcc(nvcc: Path | None, mode: str, gencode: list[str], out_path: Path, 
 
 
 def compile_fatbin(
-    out_path: Path, targets: Sequence[str] = TARGETS, ptx: str | None = PTX, nvcc: Path | None = None
+    out_path: Path, targets: Sequence[str] | None = None, ptx: str | None = None, nvcc: Path | None = None
 ) -> Path:
-    """All kernels for every target (cubins) plus PTX, in one fatbin, written atomically."""
+    """All kernels for every target (cubins) plus PTX, in one fatbin, written atomically. Without
+    ``targets``, ``select_targets`` decides both (an explicit ``targets`` takes ``ptx`` as given)."""
+    if targets is None:
+        targets, ptx = select_targets(nvcc)
     return _run_nvcc(nvcc, "-fatbin", _gencode(targets, ptx), out_path)
 
 

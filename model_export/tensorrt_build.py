@@ -21,7 +21,6 @@ optimisation profile, batch 1..2 (what the runtime uses), optimised for 2.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import os
 import shutil
@@ -67,7 +66,9 @@ Log = Callable[[str], None]
 
 # -- the library -----------------------------------------------------------------------------------
 def import_tensorrt(prefer: str | None = None) -> ModuleType:
-    """The TensorRT module: ``prefer`` first when given, else ``tensorrt`` then ``tensorrt_rtx``."""
+    """The TensorRT module: ``prefer`` (default ``$GLAD_EDGE_TENSORRT``) first when given, else ``tensorrt`` then
+    ``tensorrt_rtx``."""
+    prefer = prefer or os.environ.get("GLAD_EDGE_TENSORRT") or None
     if prefer is not None and prefer not in LIBRARIES:
         raise GladEdgeError(f"unknown TensorRT library {prefer!r} (choose from {', '.join(LIBRARIES)})")
     order = [prefer, *(name for name in LIBRARIES if name != prefer)] if prefer else list(LIBRARIES)
@@ -231,18 +232,9 @@ def _cc_member(trt: Any, cc: str) -> Any:
 def build_gpu_compute_capability() -> str | None:
     """The compute capability of the GPU a (non-RTX) TensorRT builds on: CUDA device 0 as the driver
     numbers them (CUDA_VISIBLE_DEVICES applies), or None without a usable driver."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0:
-        return None
-    for value, attribute in ((major, 75), (minor, 76)):
-        if cuda.cuDeviceGetAttribute(ctypes.byref(value), attribute, dev) != 0:
-            return None
-    return f"sm_{major.value}{minor.value}"
+    from model_export.cuda_kernels import device_compute_capability
+
+    return device_compute_capability()
 
 
 def _set_targets(trt: Any, config: Any, compute_capabilities: Sequence[str] | None) -> list[str]:
@@ -413,9 +405,11 @@ def build_engines(
 ) -> Manifest:
     """Build ``engines/<role>.engine`` for every model of the bundle and list them in its manifest.
 
-    ``kernels``: True compiles the scoring and sampler kernels with nvcc for every target
-    (``model_export.cuda_kernels.TARGETS`` + PTX) into ``kernels/glad_kernels.fatbin``; a path ships that
-    prebuilt fatbin instead; False ships none (the TensorRT backend then refuses the bundle).
+    ``kernels``: True compiles the scoring and sampler kernels with nvcc into ``kernels/glad_kernels.fatbin``
+    for the targets the installed nvcc supports (``model_export.cuda_kernels.select_targets``: the wanted
+    ``TARGETS``, this machine's GPU, PTX for the newest; chosen before any engine is built); the manifest
+    lists what the fatbin holds; a path ships that prebuilt fatbin instead; False ships none (the TensorRT
+    backend then refuses the bundle).
 
     The bundle is verified first (every sha256). Engines are built in a sibling directory and moved in
     only when all of them built; the manifest is rewritten last. Any failure leaves the bundle as it was.
@@ -443,6 +437,11 @@ def build_engines(
     if compute_capabilities and hasattr(trt, "ComputeCapability"):
         for cc in compute_capabilities:
             _cc_member(trt, cc)
+    kernel_targets = None
+    if kernels is True:  # an nvcc that cannot build them fails here, not after minutes of engine builds
+        from model_export.cuda_kernels import select_targets
+
+        kernel_targets = select_targets()
     cache: Path | None
     if timing_cache is True:
         cache = default_timing_cache(trt)
@@ -481,7 +480,7 @@ def build_engines(
                         f"{', '.join(target.compute_capabilities)}, {time.perf_counter() - t0:.1f} s")
                 bar.update(1)
         shutil.rmtree(work / "graphs", ignore_errors=True)
-        kernel_entry = _stage_kernels(kernels, work / KERNEL_DIR, say)
+        kernel_entry = _stage_kernels(kernels, work / KERNEL_DIR, say, kernel_targets)
         updated = manifest.model_copy(update={"engines": engines, "kernels": kernel_entry})
         moves = [(staged, bundle / ENGINE_DIR)]
         if kernel_entry is not None:
@@ -497,7 +496,8 @@ def _describe(engines: dict[str, ModelEntry]) -> str:
     return "; ".join(f"{lib} {ver} {prec}" for lib, ver, prec in sorted(targets)) or "unknown"
 
 
-def _stage_kernels(kernels: str | Path | bool, staged: Path, say: Log | None) -> KernelEntry | None:
+def _stage_kernels(kernels: str | Path | bool, staged: Path, say: Log | None,
+                   targets: tuple[list[str], str | None] | None = None) -> KernelEntry | None:
     """The kernel fatbin for the bundle, compiled (or copied) into ``staged`` and checked: every kernel the
     runtime launches must be in it."""
     if kernels is False:
@@ -509,7 +509,8 @@ def _stage_kernels(kernels: str | Path | bool, staged: Path, say: Log | None) ->
     out = staged / kl.FATBIN_NAME
     t0 = time.perf_counter()
     if kernels is True:
-        cuda_kernels.compile_fatbin(out)
+        cubins, ptx_target = targets if targets is not None else cuda_kernels.select_targets()
+        cuda_kernels.compile_fatbin(out, cubins, ptx_target)
     else:
         src = Path(kernels)
         if not src.is_file():

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything glad-edge can only show on a GPU, in one command, on a box with an NVIDIA GPU, its driver and the
 # CUDA toolkit (nvcc; JetPack has both):
-#   1. installs the project (scripts/setup.sh), pycuda (built against this toolkit) and TensorRT if missing;
+#   1. finds the GPU and the TensorRT library that can target it (TensorRT 10, installed with pip when missing;
+#      TensorRT-RTX only for the GPUs it supports), and stops with one line when there is no GPU or no such
+#      library; then installs the project (scripts/setup.sh) and pycuda (built against this toolkit);
 #   2. runs every test marked `gpu` (the kernels against the CPU oracle, TensorRT engines against ONNX Runtime,
 #      the device pipeline against the host loop and the independent oracle, CUDA graph replay), and fails if
 #      any of them is skipped;
@@ -16,19 +18,28 @@ PY=${PYTHON:-python3}
 QUICK=
 [ "${1:-}" = "--quick" ] && QUICK=--quick
 
-command -v nvidia-smi >/dev/null && nvidia-smi -L || echo "gpu-check: nvidia-smi not found (Jetson?); going on"
+# The GPU and the TensorRT library that can target it, before anything is installed: no GPU, or a GPU that no
+# available library supports, ends here in one line (scripts/gpu_target.py; GLAD_EDGE_TENSORRT forces one).
+choice=$("$PY" scripts/gpu_target.py) || exit 1
+read -r CC TRT_LIBRARY GPU_NAME <<<"$choice"
+echo "gpu-check: $GPU_NAME ($CC) with $TRT_LIBRARY"
+export GLAD_EDGE_TENSORRT=$TRT_LIBRARY  # engine builds in the tests and the benchmark take this library first
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "gpu-check: nvcc not found; install the CUDA toolkit or set NVCC=/path/to/nvcc" >&2; exit 1; }
 export NVCC
+# the kernels must build for this GPU with this toolkit (one line if not, before minutes of installs)
+"$PY" -c 'import sys
+from edge_runtime.errors import GladEdgeError
+from model_export.cuda_kernels import select_targets
+try:
+    cubins, ptx = select_targets()
+except GladEdgeError as e:
+    sys.exit(f"gpu-check: {e}")
+print("gpu-check: kernels for", ", ".join(cubins), "+", ptx)'
 
 bash scripts/setup.sh
-
 # pycuda is an sdist: build it against this toolkit
 bash scripts/install-pycuda.sh "$PY"
-# TensorRT: JetPack ships it; on x86 take NVIDIA's wheel (TensorRT-RTX, installed by setup.sh, targets RTX GPUs)
-if ! "$PY" -c 'import tensorrt' 2>/dev/null; then
-  "$PY" -m pip install --quiet tensorrt || echo "gpu-check: pip could not install tensorrt; using tensorrt_rtx"
-fi
 
 export GLAD_EDGE_GPU_REQUIRED=1  # the gpu tests fail instead of skipping
 "$PY" -m pytest -q -m gpu -rs tests/

@@ -5,11 +5,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 PY=${PYTHON:-python3}
-# The CPU build of torch 2.13.0 must come first: any other spec pulls several GB of CUDA packages.
-if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
-  "$PY" -m pip install --quiet torch==2.13.0
+if [ "$(uname -m)" = aarch64 ]; then
+  # Jetson: torch with CUDA comes from NVIDIA's JetPack wheels (PyPI's aarch64 torch has no Jetson CUDA, so the
+  # GPU benchmark's reference would run on the CPU). Keep the torch that is there, pinned, so pip cannot swap it.
+  if ! torch_version=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+    echo "setup.sh: no torch importable by $PY on this aarch64 machine: install NVIDIA's PyTorch for JetPack" \
+         "(docs/operations.md, Jetson), then run this again" >&2
+    exit 1
+  fi
+  pin=$(mktemp)
+  trap 'rm -f "$pin"' EXIT
+  echo "torch==$torch_version" >"$pin"
+  echo "setup.sh: aarch64: keeping the system torch $torch_version"
+  "$PY" -m pip install --quiet -e ".[export,dev]" -c "$pin"
+else
+  # The CPU build of torch 2.13.0 must come first: any other spec pulls several GB of CUDA packages.
+  if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+    "$PY" -m pip install --quiet torch==2.13.0
+  fi
+  "$PY" -m pip install --quiet -e ".[export,dev]"
 fi
-"$PY" -m pip install --quiet -e ".[export,dev]"
 # Debian packages the tests use: mosquitto (tests/test_mqtt_outbox.py starts its own broker on a free
 # 127.0.0.1 port) and socat. A broker service that this step installs is stopped and disabled at once, so
 # nothing holds port 1883; a mosquitto that was installed before is left alone.

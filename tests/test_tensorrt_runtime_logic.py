@@ -1,14 +1,17 @@
 """The parts of the TensorRT backend that are plain logic: buffer views as pointer arithmetic, and when a
 segment runs eagerly, is captured as a CUDA graph, or is replayed.
 
-A CUDA driver cannot exist on this machine, so the graph calls are replaced by a recorder (``_Recorder``)
-and ``CudaDevice`` is built without its __init__ (which needs a GPU). Everything else is the real code.
+A CUDA driver cannot exist on this machine, so the graph calls are replaced by a recorder (``_Recorder``), the
+context by a push/pop counter (``_Context``), and ``CudaDevice`` is built without its __init__ (which needs a
+GPU). Everything else is the real code. tests/test_cuda_context.py runs the whole device on a stand-in driver.
 The GPU run of the same paths is tests/test_gpu_tensorrt.py::test_cuda_graph_replay_equals_eager.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,8 +63,25 @@ class _Model:
         self.self_graphing = self_graphing
 
 
+class _Context:
+    """Stands in for the primary context: counts what is pushed (the driver's stack of this thread)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+    def push(self) -> None:
+        self.depth += 1
+
+    def pop(self) -> None:
+        assert self.depth > 0, "pop of an empty context stack"
+        self.depth -= 1
+
+
 def _device(graphs: _Recorder | None, self_graphing: bool = False) -> CudaDevice:
     d = CudaDevice.__new__(CudaDevice)  # no GPU here: only the attributes run_segment reads
+    ctx = _Context()
+    d.ctx, d.cuda = ctx, SimpleNamespace(Context=ctx)  # pycuda's Context.pop pops the calling thread's top
+    d._tls, d._closed, d.name = threading.local(), False, "test device"
     d._graphs = graphs  # type: ignore[assignment]
     d._seen = set()
     d.stream = _Stream()
@@ -74,9 +94,10 @@ def test_segment_runs_eager_then_captures_then_replays() -> None:
     d = _device(rec)
     ran: list[int] = []
     for _ in range(4):
-        d.run_segment(("unet", 0), lambda: ran.append(1))
-    # eager once (TensorRT initialises lazily), body run once more under capture, then replays only
-    assert len(ran) == 2
+        d.run_segment(("unet", 0), lambda: ran.append(d.ctx.depth))
+    # eager once (TensorRT initialises lazily), body run once more under capture, then replays only; the
+    # context is current while the work is queued and popped afterwards
+    assert ran == [1, 1] and d.ctx.depth == 0
     assert rec.events == [("capture", ("unet", 0)), ("launch", ("unet", 0)), ("launch", ("unet", 0)),
                           ("launch", ("unet", 0))]
     d.run_segment(("unet", 1), lambda: ran.append(2))  # another key starts over

@@ -30,13 +30,16 @@ BACKENDS = {
 
 
 def available_backends() -> list[str]:
+    """The backends that can run here: their module imports and its ``is_available()`` returns True (an
+    exception counts as no)."""
     found = []
     for key in BACKENDS:
         try:
-            import_module(BACKENDS[key].split(":")[0]).is_available()
+            usable = import_module(BACKENDS[key].split(":")[0]).is_available()
         except Exception:
             continue
-        found.append(key)
+        if usable:
+            found.append(key)
     return found
 
 

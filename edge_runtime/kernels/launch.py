@@ -8,8 +8,12 @@ step, together with ``PARAMS`` against the ``extern "C" __global__`` declaration
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge_runtime.errors import GladEdgeError
 
 COSINE_TILE_Q = 64  # queries per block
 COSINE_TILE_K = 64  # keys per shared-memory tile
@@ -153,3 +157,37 @@ def source_hash() -> str:
         h.update(p.read_bytes())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _arch(name: str) -> tuple[int, int] | None:
+    """(major, minor) of ``sm_87`` / ``compute_87`` / ``sm_120``; None for suffixed or unknown names."""
+    m = re.fullmatch(r"(?:sm|compute)_(\d+)(\d)", name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def runnable_image(device_cc: str, targets: Sequence[str], ptx: str | None) -> str | None:
+    """The fatbin image the driver can run on a GPU of ``device_cc`` (``sm_87``), or None.
+
+    A cubin runs on its own major architecture at the same or a later minor (sm_80 code on sm_86 and sm_87,
+    sm_100 on sm_103), never across majors; PTX is JIT-compiled for its own or any later architecture."""
+    device = _arch(device_cc)
+    if device is None:
+        raise ValueError(f"compute capability {device_cc!r} is not of the form sm_XY")
+    cubins = [(a, t) for t in targets if (a := _arch(t)) is not None and a[0] == device[0] and a[1] <= device[1]]
+    if cubins:
+        return max(cubins)[1]
+    ptx_arch = _arch(ptx) if ptx else None
+    if ptx is not None and ptx_arch is not None and ptx_arch <= device:
+        return ptx
+    return None
+
+
+def check_coverage(file: str, device_cc: str, targets: Sequence[str], ptx: str | None) -> str:
+    """The image that will run on this GPU; one-line GladEdgeError when the fatbin has none for it."""
+    image = runnable_image(device_cc, targets, ptx)
+    if image is None:
+        held = ", ".join([*targets, *([ptx] if ptx else [])]) or "nothing"
+        raise GladEdgeError(f"{file}: the CUDA kernels hold {held}, none of which runs on this GPU ({device_cc}); "
+                            "rebuild them with a CUDA toolkit that supports it: glad-edge build-engines BUNDLE "
+                            "--overwrite on this device")
+    return image
