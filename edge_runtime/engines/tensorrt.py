@@ -25,6 +25,7 @@ from edge_runtime.bundle import Manifest, ModelEntry
 from edge_runtime.device import EngineIO
 from edge_runtime.engine_target import check_target, engine_validity
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.graph_io import FLOAT, Signature, check_models
 from edge_runtime.kernels import launch as kl
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,13 @@ class _TrtModel:
             self.outputs[name] = (batch, *self.outputs[name][1:])
         self._contexts: dict[tuple, Any] = {}
         self._runtime_config = self._make_runtime_config()
+
+    def signature(self) -> tuple[Signature, Signature]:
+        """(inputs, outputs) as graph_io compares them: a dynamic batch axis as None, float32 checked above."""
+        def side(shapes: dict[str, tuple[int, ...]]) -> Signature:
+            return {n: ([None, *s[1:]] if n in self.dynamic else list(s), FLOAT) for n, s in shapes.items()}
+
+        return side(self.inputs), side(self.outputs)
 
     def _make_runtime_config(self) -> Any:
         # TensorRT-RTX captures and replays its own CUDA graphs; TensorRT 10 is captured by CudaDevice instead.
@@ -230,6 +238,7 @@ class CudaDevice:
         runtime = trt.Runtime(self._trt_logger)
         self.models = {role: _TrtModel(trt, runtime, bundle_dir / e.file, e, self.compute_capability)
                        for role, e in manifest.engines.items()}
+        check_models(bundle_dir, manifest, {role: m.signature() for role, m in self.models.items()}, manifest.engines)
         fatbin = bundle_dir / manifest.kernels.file
         try:
             self.module = cuda.module_from_file(str(fatbin))
@@ -319,6 +328,9 @@ class TrtEngine:
                                                         Path(path), entry, device.compute_capability)
         self.input_names = list(self.model.inputs)
         self.output_names = list(self.model.outputs)
+
+    def signature(self) -> tuple[Signature, Signature]:
+        return self.model.signature()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         d = self.device

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.nesting import MAX_DEPTH, check_depth
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 
 # Fields a serial message template may use ({name}); the verdict message's keys plus a few helpers.
@@ -312,6 +313,17 @@ def _is_path_source(source: int | str, kind: str) -> bool:
     return not (source.isdigit() or "://" in source or "!" in source or source.startswith("/dev/"))
 
 
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The YAML document, refused with one line when invalid or nested deeper than nesting.MAX_DEPTH (the
+    parser recurses per level: a deep document would end in a RecursionError)."""
+    try:
+        return check_depth(yaml.safe_load(text), str(path))
+    except yaml.YAMLError as e:
+        raise GladEdgeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:
+        raise GladEdgeError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ServiceConfig:
     """Read a YAML config, apply ``--set`` overrides, validate. Relative paths (bundle, storage dirs, a
     file or folder camera source) are taken relative to the config file's directory."""
@@ -322,16 +334,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise GladEdgeError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise GladEdgeError(f"{path}: cannot read ({e})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise GladEdgeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    raw = _parse_yaml(text, path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise GladEdgeError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
+    check_depth(raw, f"{path} with --set")
     try:
         cfg = ServiceConfig.model_validate(raw)
     except ValidationError as e:
