@@ -10,15 +10,28 @@ if ! "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2
   "$PY" -m pip install --quiet torch==2.13.0
 fi
 "$PY" -m pip install --quiet -e ".[export,dev]"
-# Debian packages the tests use: mosquitto (tests/test_mqtt_outbox.py starts its own broker on a free
-# 127.0.0.1 port) and socat. A broker service that this step installs is stopped and disabled at once, so
-# nothing holds port 1883; a mosquitto that was installed before is left alone.
+# Debian packages the tests use; under CI a test that skips for want of one fails the run (tests/ci_skips.py):
+# - mosquitto: tests start their own broker on a free 127.0.0.1 port (tests/service_helpers.py Broker). A broker
+#   service that this step installs is stopped and disabled at once, so nothing holds port 1883; a mosquitto
+#   that was installed before is left alone.
+# - socat: pseudo-terminal pairs standing in for the serial line (tests/test_service_outputs.py)
+# - systemd (only its systemd-analyze; nothing is started): `systemd-analyze verify` of systemd/glad-edge.service
+# - g++: the host build of the CUDA kernels (tests/test_cuda_kernels.py, tests/test_host_emulation.py)
+# - util-linux (setpriv): tests/test_faults_load.py drops root's file-permission override to meet real
+#   permission errors
+# cuobjdump comes from PyPI (nvidia-cuda-cuobjdump, in the dev extra above); nvcc from the CUDA toolkit.
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
-if ! have mosquitto || ! have socat; then
+missing=()
+have mosquitto || missing+=(mosquitto)
+have socat || missing+=(socat)
+have systemd-analyze || missing+=(systemd)
+have g++ || have c++ || have clang++ || missing+=(g++)
+have setpriv || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   had_mosquitto=0; have mosquitto && had_mosquitto=1
   $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto socat >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   if [ "$had_mosquitto" = 0 ]; then
     if [ -d /run/systemd/system ]; then
       $SUDO systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
@@ -27,11 +40,4 @@ if ! have mosquitto || ! have socat; then
       $SUDO update-rc.d mosquitto disable >/dev/null 2>&1 || true
     fi
   fi
-fi
-# systemd-analyze (Debian package systemd): tests/test_service_systemd.py checks systemd/glad-edge.service
-# with `systemd-analyze verify`. Only the tool is needed; nothing is started.
-if ! command -v systemd-analyze >/dev/null; then
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi

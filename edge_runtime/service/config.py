@@ -341,7 +341,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise GladEdgeError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    check_depth(raw, f"{path} with --set")
+    if overrides:
+        check_depth(raw, f"{path} with --set")
     try:
         cfg = ServiceConfig.model_validate(raw)
     except ValidationError as e:
