@@ -7,6 +7,8 @@ with one line naming the file. See docs/bundle.md.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -161,14 +163,25 @@ def _safe_member(d: Path, name: str) -> Path:
     return path
 
 
-def _read_small(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, at most ``limit``; anything else (a directory, a FIFO that would block, a file
-    the service may not read) is refused with one line."""
+def _regular_file(path: Path, missing: str) -> os.stat_result:
+    """``path``'s stat, refused with one line unless it is a regular file: a directory or a FIFO in its place
+    (a FIFO would block the reader forever), or one the service may not look at. ``os.stat`` rather than
+    ``Path.is_file``, which answers False for a permission error on some Python versions."""
     try:
-        if not path.exists():
-            raise GladEdgeError(f"{path}: file not found (not a glad-edge bundle)")
-        if not path.is_file():
-            raise GladEdgeError(f"{path}: not a regular file")
+        st = path.stat()
+    except FileNotFoundError:
+        raise GladEdgeError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise GladEdgeError(f"{path}: not a regular file")
+    return st
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused with one line when unreadable or over ``limit`` bytes."""
+    _regular_file(path, "file not found (not a glad-edge bundle)")
+    try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as e:
@@ -204,15 +217,15 @@ def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
 
 
 def _verify_member(d: Path, name: str, entry: FileEntry) -> None:
-    member = _safe_member(d, name)
+    _safe_member(d, name)
+    path = d / name  # named as the manifest names it in messages
+    st = _regular_file(path, "file missing from the bundle")
     try:
-        if not member.is_file():
-            raise GladEdgeError(f"{d / name}: file missing from the bundle" if not member.exists()
-                                else f"{d / name}: not a regular file")
-        if member.stat().st_size != entry.size or sha256_file(member) != entry.sha256:
-            raise GladEdgeError(f"{d / name}: sha256 does not match the manifest (corrupt or tampered file)")
+        same = st.st_size == entry.size and sha256_file(path) == entry.sha256
     except OSError as e:
-        raise GladEdgeError(f"{d / name}: cannot read ({e.strerror or e})") from None
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not same:
+        raise GladEdgeError(f"{path}: sha256 does not match the manifest (corrupt or tampered file)")
 
 
 def _check_external_data(d: Path, role: str, file: str, files: dict[str, FileEntry]) -> None:

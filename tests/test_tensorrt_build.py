@@ -261,9 +261,16 @@ def test_timing_cache_reused_by_the_cli_build(built32, timing_cache_file, tmp_pa
 
 def test_failed_build_leaves_the_bundle_unchanged(trt, small_bundle, tmp_path):
     bundle = _copy(small_bundle, tmp_path / "b")
-    # a graph that is garbage but correctly hashed: the build, not read_manifest, must catch it; it comes
-    # last, so four engines were built (in the work directory) before the failure
-    (bundle / "dino_adaptive.onnx").write_bytes((bundle / "dino_adaptive.onnx").read_bytes()[:4000])
+    # a graph that TensorRT cannot build but that is well-formed and correctly hashed: the build, not
+    # read_manifest (which refuses a graph that is not even valid protobuf), must catch it; it comes last,
+    # so four engines were built (in the work directory) before the failure
+    from onnx import TensorProto, helper
+
+    unknown_op = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["image"], ["features"], domain="glad.invalid")], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 64, 48])])
+    (bundle / "dino_adaptive.onnx").write_bytes(helper.make_model(unknown_op).SerializeToString())
     write_manifest(bundle, read_manifest(bundle, verify=False))
     before = _snapshot(bundle)
     with pytest.raises(GladEdgeError) as e:
