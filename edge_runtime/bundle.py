@@ -7,7 +7,8 @@ with one line naming the file. See docs/bundle.md.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,9 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, format_validation_error
+from edge_runtime.nesting import parse_json
+from edge_runtime.onnx_refs import external_data_locations
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_MAX_BYTES = 4 << 20  # a manifest is a few kB; the bound keeps a hostile one from filling memory
 
 # Names of the models a bundle carries and what each computes (docs/bundle.md).
 MODEL_ROLES = ("unet", "vae_encoder", "vae_decoder", "dino", "dino_adaptive")
@@ -180,17 +184,40 @@ def _safe_member(d: Path, name: str) -> Path:
     return path
 
 
+def _regular_file(path: Path, missing: str) -> os.stat_result:
+    """``path``'s stat, refused with one line unless it is a regular file: a directory or a FIFO in its place
+    (a FIFO would block the reader forever), or one the service may not look at. ``os.stat`` rather than
+    ``Path.is_file``, which answers False for a permission error on some Python versions."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise GladEdgeError(f"{path}: {missing}") from None
+    except OSError as e:
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise GladEdgeError(f"{path}: not a regular file")
+    return st
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused with one line when unreadable or over ``limit`` bytes."""
+    _regular_file(path, "file not found (not a glad-edge bundle)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise GladEdgeError(f"{path}: larger than {limit} bytes")
+    return data
+
+
 def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
     d = Path(bundle_dir)
     path = d / MANIFEST
     if not d.is_dir():
-        raise GladEdgeError(f"{d}: bundle directory not found")
-    if not path.is_file():
-        raise GladEdgeError(f"{path}: file not found (not a glad-edge bundle)")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GladEdgeError(f"{path}: not valid JSON ({e})") from None
+        raise GladEdgeError(f"{d}: bundle directory not found" if not d.exists() else f"{d}: not a directory")
+    raw = parse_json(_read_small(path, MANIFEST_MAX_BYTES), str(path))
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
         raise GladEdgeError(f"{path}: unknown schema_version {version!r} (this runtime reads {SCHEMA_VERSION})")
@@ -203,19 +230,59 @@ def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
         raise GladEdgeError(f"{path}: files {unlisted} have no sha256 entry")
     if verify:
         for name, entry in manifest.files.items():
-            member = _safe_member(d, name)
-            if not member.is_file():
-                raise GladEdgeError(f"{d / name}: file missing from the bundle")
-            if member.stat().st_size != entry.size or sha256_file(member) != entry.sha256:
-                raise GladEdgeError(f"{d / name}: sha256 does not match the manifest (corrupt or tampered file)")
+            _verify_member(d, name, entry)
+        for role, model in manifest.models.items():
+            if model.format == "onnx":
+                _check_external_data(d, role, model.file, manifest.files)
     return manifest
 
 
+def _verify_member(d: Path, name: str, entry: FileEntry) -> None:
+    _safe_member(d, name)
+    path = d / name  # named as the manifest names it in messages
+    st = _regular_file(path, "file missing from the bundle")
+    try:
+        same = st.st_size == entry.size and sha256_file(path) == entry.sha256
+    except OSError as e:
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not same:
+        raise GladEdgeError(f"{path}: sha256 does not match the manifest (corrupt or tampered file)")
+
+
+def _check_external_data(d: Path, role: str, file: str, files: dict[str, FileEntry]) -> None:
+    """Every file an ONNX graph loads its weights from must be a listed (so hashed) bundle file: onnxruntime
+    reads them by the name written in the graph, which the manifest's hashes would not otherwise cover."""
+    path = _safe_member(d, file)
+    try:
+        locations = external_data_locations(path)
+    except (OSError, ValueError) as e:
+        raise GladEdgeError(f"{path}: not a readable ONNX graph ({e})") from None
+    listed = {(d / n).resolve() for n in files}
+    for location in sorted(locations):
+        if _safe_member(d, (Path(file).parent / location).as_posix()) not in listed:
+            raise GladEdgeError(f"{path}: models.{role} loads weights from {location!r}, which the manifest "
+                                "does not list (so it is not hashed)")
+
+
 def load_noise(bundle_dir: str | Path, manifest: Manifest) -> np.ndarray:
+    """The bundle's fixed noise: one plain ``.npy`` array (no pickle, no ``.npz`` archive) whose header shape
+    and dtype match the manifest, checked before the data is read."""
     path = _safe_member(Path(bundle_dir), manifest.noise.file)
-    noise = np.load(path, allow_pickle=False)
-    if list(noise.shape) != manifest.noise.shape or noise.dtype != np.float32:
-        raise GladEdgeError(f"{path}: noise {noise.dtype}{list(noise.shape)} does not match the manifest")
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            if list(shape) != manifest.noise.shape or dtype != np.float32:
+                raise GladEdgeError(f"{path}: noise {dtype}{list(shape)} does not match the manifest "
+                                    f"(float32{manifest.noise.shape})")
+            f.seek(0)
+            noise = fmt.read_array(f, allow_pickle=False)
+    except OSError as e:
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # not the .npy format: an .npz archive, a pickle, truncated data
+        raise GladEdgeError(f"{path}: not a .npy array ({str(e).splitlines()[0]})") from None
     return noise
 
 

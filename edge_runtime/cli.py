@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -362,16 +363,41 @@ COMMANDS = {
 }
 
 
+def expected_failure(e: BaseException) -> str | None:
+    """The one-line message for a failure that bad input or a faulty environment causes (a refused file, an
+    OS error, a corrupt database, undecodable bytes, a limit); None for anything else, which is a bug and
+    keeps its traceback."""
+    if isinstance(e, GladEdgeError):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror or e}"
+    if isinstance(e, sqlite3.Error):
+        return f"database error: {e}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"cannot decode input as {e.encoding}: {e.reason}"
+    yaml = sys.modules.get("yaml")  # only loaded, and only raised, where a YAML file was read
+    if yaml is not None and isinstance(e, yaml.YAMLError):
+        return f"invalid YAML: {str(e).splitlines()[0]}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"invalid JSON: {e}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except GladEdgeError as e:
-        print(f"glad-edge {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:  # argument combinations the library refuses (e.g. --steps with exact)
-        print(f"glad-edge {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        message = expected_failure(e)
+        if message is not None:
+            one_line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+            print(f"glad-edge {args.command}: error: {one_line}", file=sys.stderr)
+            return 1
+        if isinstance(e, ValueError):  # argument combinations the library refuses (e.g. --steps with exact)
+            print(f"glad-edge {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print(f"glad-edge {args.command}: interrupted", file=sys.stderr)
         return 130

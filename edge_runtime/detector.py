@@ -15,6 +15,7 @@ from edge_runtime.device import Device, HostDevice
 from edge_runtime.device_pipeline import DevicePipeline
 from edge_runtime.engines import Engine, available_backends, load_engine
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.graph_io import check_models
 from edge_runtime.preprocess import resize_rgb, to_model_input, to_rgb8
 from edge_runtime.result import InspectionResult, anomalous
 from edge_runtime.sampler import ddim_step, noised, plan, predict_x0
@@ -73,6 +74,7 @@ class Detector:
             return cls._load_device(bundle_dir, manifest, backend, engine_options or {})
         engines = {role: load_engine(backend, bundle_dir / manifest.models[role].file, engine_options)
                    for role in MODEL_ROLES}
+        check_models(bundle_dir, manifest, {role: engine.signature() for role, engine in engines.items()})
         return cls(bundle_dir, manifest, engines, load_noise(bundle_dir, manifest))
 
     @classmethod
@@ -92,6 +94,7 @@ class Detector:
         else:
             ort_options = {k: v for k, v in options.items() if k != "schedule_seed"}
             device = HostDevice(bundle_dir, manifest.models, ort_options, schedule_seed=options.get("schedule_seed"))
+            check_models(bundle_dir, manifest, {role: e.signature() for role, e in device.engines.items()})
         return cls(bundle_dir, manifest, {}, noise, pipeline=DevicePipeline(device, manifest, noise), backend=backend)
 
     # -- engine calls ---------------------------------------------------------------------------

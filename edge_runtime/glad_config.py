@@ -5,7 +5,6 @@ Pure pydantic: importable on the device without torch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -13,15 +12,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.nesting import parse_json
 
+MAX_RESOLUTION = 4096
 
 class GladConfig(BaseModel):
     """Everything docs/reference.md calls a per-class hyper-parameter, plus geometry and noise."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    resolution: int = Field(512, gt=0, description="R: input resize and VAE resolution")
-    dino_resolution: int = Field(256, gt=0, description="R_d: resolution of the anomaly map")
+    # Upper bounds: every buffer of a part scales with R^2, so an absurd R from a config or manifest would be
+    # an allocation of many GB at the first part; 4096 is 64x the pixels of GLAD's 512.
+    resolution: int = Field(512, gt=0, le=MAX_RESOLUTION, description="R: input resize and VAE resolution")
+    dino_resolution: int = Field(256, gt=0, le=MAX_RESOLUTION, description="R_d: resolution of the anomaly map")
     denoise_step: int = Field(750, ge=1, le=999, description="T_d")
     inference_steps: int = Field(25, ge=1, description="N")
     guidance_scale: float = Field(9.0, description="g")
@@ -63,11 +66,11 @@ class GladConfig(BaseModel):
 def load_glad_config(path: str | Path) -> GladConfig:
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = parse_json(path.read_bytes(), str(path))
     except FileNotFoundError:
         raise GladEdgeError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise GladEdgeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise GladEdgeError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         return GladConfig.model_validate(raw)
     except ValidationError as e:

@@ -61,6 +61,7 @@ from edge_runtime.bundle import (
     write_manifest,
 )
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.onnx_refs import external_data_locations
 from edge_runtime.sampler import sampler_params
 from model_export.checkpoint import Checkpoint, load_checkpoint
 from model_export.dino import DinoViT
@@ -307,16 +308,18 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
 def save_graph(model: onnx.ModelProto, path: Path) -> list[str]:
     """Save a graph; above EXTERNAL_DATA_THRESHOLD its tensors go to ``<name>.data`` beside it.
 
-    Returns the names (relative to ``path``'s directory) of the extra files written."""
+    Returns the names (relative to ``path``'s directory) of the extra files the written graph references, read
+    back from it as the runtime reads them (edge_runtime.onnx_refs): the bundle must list every one, or the
+    runtime refuses it."""
     if _tensor_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
         onnx.save(model, str(path))
-        return []
-    location = path.name + ".data"
-    (path.parent / location).unlink(missing_ok=True)  # onnx appends to an existing data file
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-              size_threshold=1024)
-    os.chmod(path.parent / location, path.stat().st_mode & 0o777)  # onnx creates it 0600; match the graph
-    return [location]
+    else:
+        location = path.name + ".data"
+        (path.parent / location).unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                  size_threshold=1024)
+        os.chmod(path.parent / location, path.stat().st_mode & 0o777)  # onnx creates it 0600; match the graph
+    return sorted(external_data_locations(path))
 
 
 def _io_shapes(values: list[onnx.ValueInfoProto]) -> dict[str, list[int | str]]:

@@ -25,15 +25,32 @@ else
   fi
   "$PY" -m pip install --quiet -e ".[export,dev]"
 fi
-# Debian packages the tests use: mosquitto (tests/test_mqtt_outbox.py starts its own broker on a free
-# 127.0.0.1 port) and socat. A broker service that this step installs is stopped and disabled at once, so
-# nothing holds port 1883; a mosquitto that was installed before is left alone.
+# Debian packages the tests use; under CI a test that skips for want of one fails the run (tests/ci_skips.py):
+# - mosquitto: tests start their own broker on a free 127.0.0.1 port (tests/service_helpers.py Broker). A broker
+#   service that this step installs is stopped and disabled at once, so nothing holds port 1883; a mosquitto
+#   that was installed before is left alone.
+# - socat: pseudo-terminal pairs standing in for the serial line (tests/test_service_outputs.py)
+# - systemd (only its systemd-analyze; nothing is started): `systemd-analyze verify` of systemd/glad-edge.service
+# - g++: the host build of the CUDA kernels (tests/test_cuda_kernels.py, tests/test_host_emulation.py)
+# - util-linux (setpriv): tests/test_faults_load.py drops root's file-permission override to meet real
+#   permission errors
+# - e2fsprogs, mount (mkfs.ext4, e2fsck, mount, findmnt): tests/test_faults_storage.py mounts a small tmpfs and an
+#   ext4 image on a loop device to meet a full and a read-only disk
+# cuobjdump comes from PyPI (nvidia-cuda-cuobjdump, in the dev extra above); nvcc from the CUDA toolkit.
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
-if ! have mosquitto || ! have socat; then
+missing=()
+have mosquitto || missing+=(mosquitto)
+have socat || missing+=(socat)
+have systemd-analyze || missing+=(systemd)
+have g++ || have c++ || have clang++ || missing+=(g++)
+have setpriv && have findmnt || missing+=(util-linux)
+have mkfs.ext4 && have e2fsck || missing+=(e2fsprogs)
+have mount || missing+=(mount)
+if [ ${#missing[@]} -gt 0 ]; then
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   had_mosquitto=0; have mosquitto && had_mosquitto=1
   $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto socat >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   if [ "$had_mosquitto" = 0 ]; then
     if [ -d /run/systemd/system ]; then
       $SUDO systemctl disable --now mosquitto.service >/dev/null 2>&1 || true
@@ -42,18 +59,4 @@ if ! have mosquitto || ! have socat; then
       $SUDO update-rc.d mosquitto disable >/dev/null 2>&1 || true
     fi
   fi
-fi
-# systemd-analyze (Debian package systemd): tests/test_service_systemd.py checks systemd/glad-edge.service
-# with `systemd-analyze verify`. Only the tool is needed; nothing is started.
-if ! command -v systemd-analyze >/dev/null; then
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
-fi
-# Storage fault tests (tests/test_faults_storage.py) mount a small tmpfs and an ext4 image on a loop device:
-# mount/umount/findmnt (Debian packages mount, util-linux) and mkfs.ext4/e2fsck (e2fsprogs).
-if ! have mkfs.ext4 || ! have e2fsck || ! have findmnt || ! have mount; then
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs util-linux mount >/dev/null
 fi

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from service_helpers import MOSQUITTO, Broker
 
+pytest_plugins = ["ci_skips"]  # CI=true: a skip without the gpu mark fails the run
+
 
 @pytest.fixture(scope="session")
 def small_ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -61,8 +63,6 @@ def oracle_results(ckpts: dict[str, Path]) -> dict[str, dict]:
     from parity_cases import CASES, parity_noise
 
     return {name: oracle_inspect(d, CASES[name][1], parity_noise(d)) for name, d in ckpts.items()}
-
-
 
 
 @pytest.fixture(scope="session")

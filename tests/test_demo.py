@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from calibration import demo_data
 from calibration.demo import format_summary, run_demo
 from edge_runtime.bundle import read_manifest
+from edge_runtime.detector import Detector
+from edge_runtime.images import read_rgb
 
 
 def test_demo_end_to_end_small(tmp_path):
@@ -17,15 +22,27 @@ def test_demo_end_to_end_small(tmp_path):
     summary = run_demo(tmp_path, progress=False, settings=settings, dataset_options=opts, n_calibration=6)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert set(on_disk) >= {"exact", "fast"}
+    items = demo_data.list_test_set(tmp_path / "data" / "brick")
+    labels = [int(kind != "good") for _, _, kind in items]
+    assert len(items) == 4 + 2 * 5 and sum(labels) == 10
     for name in ("exact", "fast"):
         s = on_disk[name]
-        assert s["parts"] == 4 + 2 * 5
-        n_bad = 10
-        assert s["rejects"] == s["false_rejects"] + (n_bad - s["escapes"])
-        assert 0.0 <= s["i_auroc"] <= 1.0 and 0.0 <= s["p_auroc"] <= 1.0
+        assert s["parts"] == len(items) and s["errors"] == 0
         assert s["ms_per_part"] > 0 and s["sampler"]["name"] == name
         m = read_manifest(tmp_path / f"bundle-{name}")
         assert m.threshold == s["threshold"] and m.sampler.name == name
+        # the line's counts and image metrics, recomputed apart from the service: each test part inspected
+        # with the bundle directly, the verdict rule and the AUROC written out here
+        det = Detector.load(tmp_path / f"bundle-{name}")
+        scores = [det.inspect(read_rgb(path)).score for path, _, _ in items]
+        rejected = [score > s["threshold"] for score in scores]
+        assert s["rejects"] == sum(rejected)
+        assert s["false_rejects"] == sum(r and not bad for r, bad in zip(rejected, labels, strict=True))
+        assert s["escapes"] == sum(bad and not r for r, bad in zip(rejected, labels, strict=True))
+        pairs = [(b, g) for b, lb in zip(scores, labels, strict=True) if lb
+                 for g, lg in zip(scores, labels, strict=True) if not lg]
+        auroc = sum(1.0 if b > g else 0.5 if b == g else 0.0 for b, g in pairs) / len(pairs)
+        assert s["i_auroc"] == pytest.approx(auroc, abs=1e-9)
     assert on_disk["fast"]["sampler"]["inference_steps"] < on_disk["exact"]["sampler"]["inference_steps"]
     assert "exact (5 steps)" in format_summary(summary)
     # a second run reuses every cache: same thresholds, same scores

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from edge_runtime import adaptive, scoring
 from edge_runtime.glad_config import GladConfig
-from edge_runtime.sampler import plan, sampler_params
+from edge_runtime.sampler import ddim_step, noised, plan, predict_x0, sampler_params
 from edge_runtime.schedule import alphas_cumprod
 from model_export import reference
 
@@ -108,3 +108,48 @@ def test_fast_plan():
     assert [s.t for s in steps if s.check] == [676, 526, 376, 301]
     with pytest.raises(ValueError):
         sampler_params(g, "exact", steps=10)
+
+
+# -- the DDIM arithmetic against the formulas written out (glad-reference.md, noise schedule) ---------------
+# alphas chosen so that the square roots are exact: sqrt(0.64) = 0.8, sqrt(0.36) = 0.6, sqrt(0.25) = 0.5
+
+
+def test_noised_is_sqrt_a_z0_plus_sqrt_one_minus_a_noise():
+    z0 = np.array([[1.0, -2.0], [0.5, 0.0]], np.float32)
+    noise = np.array([[1.0, 1.0], [-1.0, 4.0]], np.float32)
+    out = noised(z0, noise, 0.64)  # 0.8 z0 + 0.6 noise
+    np.testing.assert_allclose(out, [[1.4, -1.0], [-0.2, 2.4]], rtol=0, atol=1e-6)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(noised(z0, noise, 0.25), [[1.366025, -0.133975], [-0.616025, 3.464102]], atol=1e-6)
+
+
+def test_predict_x0_is_x_t_minus_sqrt_one_minus_a_eps_over_sqrt_a():
+    x_t = np.array([1.4, -1.0, 3.0], np.float32)
+    eps = np.array([1.0, 1.0, -2.5], np.float32)
+    out = predict_x0(x_t, eps, 0.64)  # (x_t - 0.6 eps) / 0.8
+    np.testing.assert_allclose(out, [1.0, -2.0, 5.625], rtol=0, atol=1e-6)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(predict_x0(x_t, eps, 0.36), [1.0, -3.0, 8.333333], atol=1e-5)  # (x - 0.8 e) / 0.6
+
+
+def test_ddim_step_is_sqrt_a_prev_x0_plus_sqrt_one_minus_a_prev_eps():
+    x0 = np.array([2.0, -1.0, 0.0], np.float32)
+    eps = np.array([3.0, 0.5, -1.0], np.float32)
+    out = ddim_step(x0, eps, 0.36)  # 0.6 x0 + 0.8 eps (eta = 0: no fresh noise)
+    np.testing.assert_allclose(out, [3.6, -0.2, -0.8], rtol=0, atol=1e-6)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(ddim_step(x0, eps, 1.0), x0)  # a_prev = 1 (the last step): x0 itself
+
+
+def test_ddim_arithmetic_is_consistent_along_a_trajectory():
+    """With the model's eps equal to the noise that was added, every step recovers z0 exactly and lands on
+    the noised latent of the next timestep (deterministic DDIM)."""
+    rng = np.random.default_rng(3)
+    z0 = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    eps = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    abar = alphas_cumprod()
+    x_t = noised(z0, eps, float(abar[721]))
+    for t, t_prev in ((721, 691), (691, 331), (331, 1)):
+        np.testing.assert_allclose(predict_x0(x_t, eps, float(abar[t])), z0, atol=2e-5)
+        x_t = ddim_step(predict_x0(x_t, eps, float(abar[t])), eps, float(abar[t_prev]))
+        np.testing.assert_allclose(x_t, noised(z0, eps, float(abar[t_prev])), atol=2e-5)

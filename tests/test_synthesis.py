@@ -59,3 +59,34 @@ def test_synthesis_deterministic():
     a = synth(_img(), np.random.default_rng(9))
     b = synth(_img(), np.random.default_rng(9))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_blend_formula_beta_weights_the_original_image():
+    """x_a = (1 - M) x + M ((1 - beta) fill + beta x): beta is how much of the ORIGINAL part shows through.
+    The mask and the fill are replayed from the same generator; the blend is written out here."""
+    tex = [np.random.default_rng(5).random((128, 128, 3)).astype(np.float32)]
+    img = _img()
+    beta = 0.25
+    out, mask = Synthesizer(tex, texture_prob=1.0, beta_range=(beta, beta))(img, np.random.default_rng(4))
+    replay = np.random.default_rng(4)  # the synthesizer's draws, in its order: mask, texture-or-patches, fill
+    np.testing.assert_array_equal(perlin_mask(64, replay), mask)
+    assert replay.random() < 1.0
+    fill = texture_crop(tex, 64, replay)
+    m = mask[..., None]
+    expected = (1 - m) * img + m * (0.75 * fill + 0.25 * img)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    inside = mask > 0
+    assert np.abs(fill[inside] - img[inside]).mean() > 0.1  # fill and image differ, so beta's side shows
+
+
+@pytest.mark.parametrize("texture_prob", [0.0, 1.0])
+def test_blend_extremes(texture_prob):
+    """beta = 1 keeps the part as it was; beta = 0 puts the fill in unmixed (inside the mask)."""
+    tex = [np.random.default_rng(5).random((128, 128, 3)).astype(np.float32)]
+    img = _img()
+    same, mask = Synthesizer(tex, texture_prob=texture_prob, beta_range=(1.0, 1.0))(img, np.random.default_rng(7))
+    np.testing.assert_allclose(same, img, rtol=0, atol=1e-6)
+    assert mask.sum() >= 4
+    pure, mask = Synthesizer(tex, texture_prob=texture_prob, beta_range=(0.0, 0.0))(img, np.random.default_rng(7))
+    inside = mask > 0
+    assert np.abs(pure[inside] - img[inside]).mean() > 0.05

@@ -261,9 +261,16 @@ def test_timing_cache_reused_by_the_cli_build(built32, timing_cache_file, tmp_pa
 
 def test_failed_build_leaves_the_bundle_unchanged(trt, small_bundle, tmp_path):
     bundle = _copy(small_bundle, tmp_path / "b")
-    # a graph that is garbage but correctly hashed: the build, not read_manifest, must catch it; it comes
-    # last, so four engines were built (in the work directory) before the failure
-    (bundle / "dino_adaptive.onnx").write_bytes((bundle / "dino_adaptive.onnx").read_bytes()[:4000])
+    # a graph that TensorRT cannot build but that is well-formed and correctly hashed: the build, not
+    # read_manifest (which refuses a graph that is not even valid protobuf), must catch it; it comes last,
+    # so four engines were built (in the work directory) before the failure
+    from onnx import TensorProto, helper
+
+    unknown_op = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["image"], ["features"], domain="glad.invalid")], "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 64, 48])])
+    (bundle / "dino_adaptive.onnx").write_bytes(helper.make_model(unknown_op).SerializeToString())
     write_manifest(bundle, read_manifest(bundle, verify=False))
     before = _snapshot(bundle)
     with pytest.raises(GladEdgeError) as e:
@@ -392,13 +399,23 @@ def test_normalize_cc():
         normalize_cc("ampere")
 
 
-def test_check_target_accepts_a_match():
-    check_target(_target(), library="tensorrt", version="10.3.0.30", device_cc="8.7", file="unet.engine")
-    check_target(_target(), library="tensorrt", version="10.3.0.30", device_cc=None, file="unet.engine")
-    rtx = _target(library="tensorrt_rtx", version="1.7.1.116", compute_capabilities=["sm_86", "sm_89"])
-    check_target(rtx, library="tensorrt_rtx", version="1.7.1.116", device_cc="sm_89", file="unet.engine")
-    compat = _target(version_compatible=True, hardware_compatibility="ampere_plus", compute_capabilities=["sm_86"])
-    check_target(compat, library="tensorrt", version="10.7.0.23", device_cc="sm_89", file="unet.engine")
+@pytest.mark.parametrize(("target", "match", "neighbour"), [
+    # each accepted runtime next to the nearest one that must be refused, so a check that accepts
+    # everything (or refuses everything) fails here
+    (_target(), ("tensorrt", "10.3.0.30", "8.7"), ("tensorrt", "10.3.0.30", "8.6")),
+    (_target(), ("tensorrt", "10.3.0.30", None), ("tensorrt", "10.3.0.29", None)),  # GPU unknown: version still
+    (_target(library="tensorrt_rtx", version="1.7.1.116", compute_capabilities=["sm_86", "sm_89"]),
+     ("tensorrt_rtx", "1.7.1.116", "sm_89"), ("tensorrt_rtx", "1.7.1.116", "sm_87")),
+    (_target(version_compatible=True, hardware_compatibility="ampere_plus", compute_capabilities=["sm_86"]),
+     ("tensorrt", "10.7.0.23", "sm_89"), ("tensorrt", "10.7.0.23", "sm_75")),  # ampere_plus: sm_80 and later
+    (_target(version_compatible=True), ("tensorrt", "10.7.0.23", "sm_87"), ("tensorrt", "10.2.0.19", "sm_87")),
+])
+def test_check_target_accepts_a_match_and_refuses_its_neighbour(target, match, neighbour):
+    library, version, cc = match
+    assert check_target(target, library=library, version=version, device_cc=cc, file="unet.engine") is None
+    library, version, cc = neighbour
+    with pytest.raises(GladEdgeError, match=r"^unet\.engine: engine built "):
+        check_target(target, library=library, version=version, device_cc=cc, file="unet.engine")
 
 
 @pytest.mark.parametrize(("target", "runtime", "words"), [

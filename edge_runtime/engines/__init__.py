@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.graph_io import Signature
 
 
 class Engine(Protocol):
@@ -19,6 +20,8 @@ class Engine(Protocol):
     output_names: list[str]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def signature(self) -> tuple[Signature, Signature]: ...  # (inputs, outputs): name -> (shape, element type)
 
 
 # key -> "module:factory"; modules are imported only when chosen, so a CPU box never needs TensorRT.

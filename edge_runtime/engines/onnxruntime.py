@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.graph_io import Signature
 
 GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                     "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -57,6 +58,13 @@ class OrtEngine:
             raise GladEdgeError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def signature(self) -> tuple[Signature, Signature]:
+        """(inputs, outputs) as the graph declares them: name -> (shape, element type)."""
+        def side(values: list) -> Signature:
+            return {v.name: (list(v.shape), v.type) for v in values}
+
+        return side(self.session.get_inputs()), side(self.session.get_outputs())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})

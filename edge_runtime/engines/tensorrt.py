@@ -37,6 +37,7 @@ from edge_runtime.bundle import Manifest, ModelEntry
 from edge_runtime.device import EngineIO
 from edge_runtime.engine_target import check_target, engine_validity
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.graph_io import FLOAT, Signature, check_models
 from edge_runtime.kernels import launch as kl
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,13 @@ class _TrtModel:
             self.outputs[name] = (batch, *self.outputs[name][1:])
         self._contexts: dict[tuple, Any] = {}
         self._runtime_config = self._make_runtime_config(runtime_cache)
+
+    def signature(self) -> tuple[Signature, Signature]:
+        """(inputs, outputs) as graph_io compares them: a dynamic batch axis as None, float32 checked above."""
+        def side(shapes: dict[str, tuple[int, ...]]) -> Signature:
+            return {n: ([None, *s[1:]] if n in self.dynamic else list(s), FLOAT) for n, s in shapes.items()}
+
+        return side(self.inputs), side(self.outputs)
 
     def _make_runtime_config(self, runtime_cache: _RuntimeCache | None) -> Any:
         # TensorRT-RTX captures and replays its own CUDA graphs; TensorRT 10 is captured by CudaDevice instead.
@@ -410,6 +418,7 @@ class CudaDevice:
         for role, e in manifest.engines.items():
             self.models[role] = _TrtModel(trt, runtime, bundle_dir / e.file, e, self.compute_capability,
                                           self._runtime_cache)
+        check_models(bundle_dir, manifest, {role: m.signature() for role, m in self.models.items()}, manifest.engines)
         try:
             self.module = cuda.module_from_file(str(fatbin))
         except Exception as e:  # pycuda's LogicError on a kernel image with no code for this GPU
@@ -555,6 +564,9 @@ class TrtEngine:
                                                         Path(path), entry, device.compute_capability)
         self.input_names = list(self.model.inputs)
         self.output_names = list(self.model.outputs)
+
+    def signature(self) -> tuple[Signature, Signature]:
+        return self.model.signature()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         d = self.device

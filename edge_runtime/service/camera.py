@@ -167,7 +167,10 @@ class FolderSource:
         self._seen: set[str] = set()
 
     def _scan(self) -> None:
-        files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in self.extensions and p.is_file())
+        try:
+            files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in self.extensions and p.is_file())
+        except OSError as e:  # unreadable folder (permissions, I/O error, gone): one line, not a traceback
+            raise CameraError(f"camera.source: {self.path}: cannot list the folder ({e.strerror or e})") from None
         new = [p for p in files if p.name not in self._seen]
         self._seen.update(p.name for p in new)
         self._pending.extend(new)
@@ -179,7 +182,8 @@ class FolderSource:
             self._pending = [self.path]
             return
         if not self.path.is_dir():
-            raise CameraError(f"camera.source: {self.path}: folder not found")
+            raise CameraError(f"camera.source: {self.path}: folder not found" if not self.path.exists()
+                              else f"camera.source: {self.path}: not a folder")
         self._pending, self._seen = [], set()
         self._scan()
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+from edge_runtime.nesting import MAX_DEPTH, check_depth
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 from edge_runtime.updates.config import UpdatesConfig
 
@@ -284,7 +285,7 @@ class ServiceConfig(_Strict):
 
 # A station config is a few kB; these bounds stop a huge or hostile file before it costs memory or time.
 MAX_CONFIG_BYTES = 1_048_576  # overridden by the environment variable GLAD_EDGE_MAX_CONFIG_BYTES
-MAX_YAML_DEPTH = 32  # nesting of mappings / lists
+MAX_YAML_DEPTH = MAX_DEPTH  # nesting of mappings / lists (edge_runtime.nesting)
 MAX_YAML_ALIASES = 64  # *alias references (each can multiply what validation walks: "billion laughs")
 
 
@@ -387,6 +388,17 @@ def _is_path_source(source: int | str, kind: str) -> bool:
     return not (source.isdigit() or "://" in source or "!" in source or source.startswith("/dev/"))
 
 
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The YAML document, refused with one line when invalid or nested deeper than nesting.MAX_DEPTH (the
+    parser recurses per level: a deep document would end in a RecursionError)."""
+    try:
+        return check_depth(safe_yaml(text), str(path))
+    except yaml.YAMLError as e:
+        raise GladEdgeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:
+        raise GladEdgeError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ServiceConfig:
     """Read a YAML config, apply ``--set`` overrides, validate. Relative paths (bundle, storage dirs, a
     file or folder camera source) are taken relative to the config file's directory."""
@@ -403,16 +415,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if len(data) > limit:
         raise GladEdgeError(f"{path}: larger than {limit} bytes, not a station config "
                             "(GLAD_EDGE_MAX_CONFIG_BYTES raises the bound)")
-    try:
-        raw = safe_yaml(text)
-    except yaml.YAMLError as e:
-        raise GladEdgeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    raw = _parse_yaml(text, path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise GladEdgeError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
+    if overrides:
+        check_depth(raw, f"{path} with --set")
     try:
         cfg = ServiceConfig.model_validate(raw)
     except ValidationError as e:
