@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from calibration import commands as calibration_commands
 from edge_runtime.errors import GladEdgeError
 
 
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one config key, value parsed as YAML (repeatable), "
                    "e.g. --set pipeline.deadline_ms=500")
     p.add_argument("--check", action="store_true", help="validate the config, load the bundle, open the camera, exit")
+    calibration_commands.add_parsers(sub)
     return parser
 
 
@@ -342,6 +344,7 @@ COMMANDS = {
     "bench": _cmd_bench,
     "demo": _cmd_demo,
     "run": _cmd_run,
+    **calibration_commands.COMMANDS,
 }
 
 
