@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.service.drift_config import DriftConfig
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 
 # Fields a serial message template may use ({name}); the verdict message's keys plus a few helpers.
@@ -242,6 +243,7 @@ class ServiceConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    drift: DriftConfig = DriftConfig()
 
     _station = field_validator("station")(lambda v: check_station(v))
 

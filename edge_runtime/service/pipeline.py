@@ -40,6 +40,7 @@ from edge_runtime.errors import GladEdgeError
 from edge_runtime.result import InspectionResult
 from edge_runtime.service.camera import Camera, Frame
 from edge_runtime.service.config import ServiceConfig
+from edge_runtime.service.drift import DriftMonitor
 from edge_runtime.service.logs import rfc3339
 from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.outputs import SignalOutput
@@ -175,7 +176,7 @@ class Pipeline:
     def __init__(self, cfg: ServiceConfig, detectors: Sequence[Any], camera: Camera, *, publish: PublishFn,
                  threshold: float, model: dict[str, str], outputs: Sequence[SignalOutput] = (),
                  store: RejectStore | None = None, metrics: ServiceMetrics | None = None,
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (), drift: DriftMonitor | None = None) -> None:
         if not detectors:
             raise ValueError("at least one detector")
         self.cfg = cfg
@@ -188,6 +189,7 @@ class Pipeline:
         self.store = store
         self.metrics = metrics
         self.listeners = list(listeners)
+        self.drift = drift  # watches the scores; never changes a verdict
         p = cfg.pipeline
         self.deadline_s = p.deadline_ms / 1000.0 if p.deadline_ms else None
         self.inspect_q = BoundedQueue(p.queue_size)
@@ -429,6 +431,11 @@ class Pipeline:
             self.metrics.latency.observe(msg["latency_ms"] / 1000)
             if msg["score"] is not None:
                 self.metrics.last_score.set(msg["score"])
+        if self.drift is not None and verdict != "error" and msg["score"] is not None:
+            try:
+                self.drift.observe(msg["score"], rejected=verdict == "reject")
+            except Exception:  # the alarm is advisory: it must not cost a verdict
+                log.exception("drift check failed")
         if self.store is not None and verdict in self.cfg.storage.save:
             amap = part.result.anomaly_map if part.result is not None else None
             self.store.save({**msg, "_t": part.frame.ts}, part.frame.image, amap, self.threshold)

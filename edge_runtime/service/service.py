@@ -24,6 +24,7 @@ from edge_runtime.bundle import MANIFEST, sha256_file
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.service.camera import Camera, safe_source
 from edge_runtime.service.config import ServiceConfig
+from edge_runtime.service.drift import DriftMonitor, start_drift_monitor
 from edge_runtime.service.logs import setup_logging
 from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
 from edge_runtime.service.outbox import Outbox, OutboxError
@@ -140,6 +141,8 @@ class Service:
         self.heartbeat: Heartbeat | None = None
         self.camera: Camera | None = None
         self.state = "starting"
+        self.drift: DriftMonitor | None = None
+        self._status_fields: dict[str, Any] = {}
         self._stopped = False
 
     # -- health ----------------------------------------------------------------------------------
@@ -158,6 +161,9 @@ class Service:
         return self.alive(), info
 
     def _set_status(self, state: str, **fields: Any) -> None:
+        self._status_fields = dict(fields)
+        if self.drift is not None:  # every status carries the drift alarm's latest state
+            fields["drift"] = self.drift.state()
         if self.link is not None:
             try:
                 self.link.set_status(state, **fields)
@@ -228,9 +234,11 @@ class Service:
             self.store = RejectStore(cfg.storage.rejects_dir, cfg.storage.quota_mb,
                                      jpeg_quality=cfg.storage.jpeg_quality, queue_size=cfg.storage.queue_size,
                                      metrics=self.metrics)
+        self.drift = start_drift_monitor(cfg.drift, getattr(det.manifest, "calibration", None), threshold, self.metrics,
+                                         on_change=lambda _: self._set_status(self.state, **self._status_fields))
         self.pipeline = Pipeline(cfg, detectors, self.camera, publish=publish, threshold=threshold, model=model,
                                  outputs=self.outputs, store=self.store, metrics=self.metrics,
-                                 listeners=self.listeners)
+                                 listeners=self.listeners, drift=self.drift)
         self.watchdog = Watchdog(cfg, self.pipeline, self.camera, metrics=self.metrics, on_change=self._on_watchdog)
         beaters = [out for out in self.outputs if (out.name == "serial" and hb.serial_message is not None)
                    or (out.name == "modbus" and (hb.modbus_coil is not None or hb.modbus_register is not None))]
