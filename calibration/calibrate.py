@@ -80,6 +80,9 @@ def check_counts(n: int, options: CalibrateOptions) -> None:
             f"{n} normal images hold out {n_hold} for the threshold; a {options.target_frr:g} false-reject rate at "
             f"{CONFIDENCE:.0%} confidence needs at least {need} held out: give at least {total} normal images "
             f"(with --holdout {options.holdout:g}), or raise --target-frr")
+    pack = options.int8_pack
+    if pack is not None and pack.exists() and (not pack.is_dir() or any(pack.iterdir())):
+        raise GladEdgeError(f"{pack}: INT8 pack folder exists and is not empty")
     if options.search and n - n_hold < 2:
         raise GladEdgeError(f"{n - n_hold} normal images left for the search; at least 2 are needed")
 

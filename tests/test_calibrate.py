@@ -187,3 +187,33 @@ def _list_hash(folder: Path) -> str:
 def test_manifest_without_calibration_stays_readable(bundle: Path) -> None:
     raw = json.loads((bundle / "manifest.json").read_text())
     assert "calibration" not in raw  # left out while empty: older runtimes still read the bundle
+
+
+def test_cli_calibrate_int8_pack_holds_every_graphs_inputs(bundle: Path, normals: Path, tmp_path: Path) -> None:
+    pack = tmp_path / "pack"
+    proc = cli("calibrate", str(bundle), "--normal", str(normals), "--holdout", "0.5", "--target-frr", "0.2",
+               "--out", str(tmp_path / "b"), "--int8-pack", str(pack), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((pack / "index.json").read_text())
+    m = read_manifest(tmp_path / "b")
+    det = Detector.load(tmp_path / "b")
+    steps = [s.t for s in det.steps]
+    n_img = len(index["images"])
+    assert n_img == 20 and index["timesteps"] == steps
+    graphs = index["graphs"]
+    assert set(graphs) == {"unet", "vae_encoder", "vae_decoder", "dino", "dino_adaptive"}
+    assert len(graphs["vae_encoder"]["calls"]) == n_img and len(graphs["dino"]["calls"]) == n_img
+    assert len(graphs["unet"]["calls"]) == n_img * len(steps)
+    assert sorted({c["timestep"] for c in graphs["unet"]["calls"]}, reverse=True) == steps
+    for role, g in graphs.items():
+        assert g["model"] == m.models[role].file and g["calls"]
+        for call in g["calls"][:3]:
+            for name, rel in call["inputs"].items():
+                a = np.load(pack / rel, allow_pickle=False)
+                assert a.dtype == np.float32 and list(a.shape) == call["shapes"][name]
+                assert name in m.models[role].inputs
+    enc = np.load(pack / graphs["vae_encoder"]["calls"][0]["inputs"]["image"])
+    assert -1.0 <= enc.min() and enc.max() <= 1.0 and enc.std() > 0.01  # a real part, in the model's range
+    proc = cli("calibrate", str(bundle), "--normal", str(normals), "--holdout", "0.5", "--target-frr", "0.2",
+               "--out", str(tmp_path / "c"), "--int8-pack", str(pack))
+    assert "not empty" in one_error_line(proc.stderr, "calibrate") and not (tmp_path / "c").exists()
