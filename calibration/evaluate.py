@@ -48,6 +48,7 @@ class Outcome:
     maps: np.ndarray  # [N, R_d, R_d]
     masks: np.ndarray  # [N, R_d, R_d] bool
     adaptive_steps: list[int | None]
+    ms: list[float]  # Detector time per image
 
 
 def list_dataset(root: str | Path) -> list[Item]:
@@ -74,18 +75,19 @@ def list_dataset(root: str | Path) -> list[Item]:
 
 
 def inspect_all(det: Detector, items: list[Item], progress: bool) -> Outcome:
-    scores, maps, masks, steps = [], [], [], []
+    scores, maps, masks, steps, ms = [], [], [], [], []
     for it in tqdm(items, desc="eval", disable=not progress, unit="img"):
         r = det.inspect(load_image(it.path))
         scores.append(r.score)
         maps.append(r.anomaly_map.astype(np.float32))
         steps.append(r.adaptive_step)
+        ms.append(r.timings_ms.get("total", 0.0))
         size = r.anomaly_map.shape
         if it.mask_path is None:
             masks.append(np.zeros(size, bool))
         else:
             masks.append(resize_mask_nearest(load_image(it.mask_path)[..., 0] > 127, size))
-    return Outcome(items, np.asarray(scores, np.float64), np.stack(maps), np.stack(masks), steps)
+    return Outcome(items, np.asarray(scores, np.float64), np.stack(maps), np.stack(masks), steps, ms)
 
 
 def _renamed(m: dict[str, float]) -> dict[str, float]:
@@ -118,6 +120,7 @@ def metrics_of(out: Outcome, threshold: float | None) -> dict[str, Any]:
     metrics["per_defect"] = per
     metrics["operating_point"] = operating_point(out.scores, labels, threshold)
     metrics["counts"] = {"good": int(good.sum()), "defective": int((~good).sum())}
+    metrics["ms_per_image"] = float(np.median(out.ms))
     return metrics
 
 
