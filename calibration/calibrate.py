@@ -97,8 +97,12 @@ def pseudo_validation_set(normals: list[np.ndarray], size: int, seed: int) -> La
                                                                           enumerate(anomalies)])
 
 
+def search_grids(det: Detector, options: CalibrateOptions) -> dict[str, list[float | int]]:
+    return {name: options.grids.get(name) or default_grid(name, det.manifest) for name in options.search}
+
+
 def search_params(det: Detector, pv: LabelledSet, options: CalibrateOptions) -> tuple[Trial, list[Trial]]:
-    grids = {name: options.grids.get(name) or default_grid(name, det.manifest) for name in options.search}
+    grids = search_grids(det, options)
     n_trials = sum(len(v) for v in grids.values()) * options.rounds
 
     with tqdm(total=n_trials, desc="search", disable=not options.progress, unit="trial") as bar:
@@ -165,7 +169,9 @@ def calibrate(bundle: str | Path, normal_dir: str | Path, options: CalibrateOpti
              f"({', '.join(GENERATORS)})")
         best, trials = search_params(det, pv, options)
         chosen = {k: best.params[k] for k in options.search}
-        search_record.update(chosen=chosen, best=best.as_dict(), trials=[t.as_dict() for t in trials])
+        search_record.update(chosen=chosen, best=best.as_dict(), trials=[t.as_dict() for t in trials],
+                             grids=search_grids(det, options),
+                             pseudo_kinds=list(GENERATORS))
         _log(f"chosen: {_short(chosen)} (I-AUROC {best.metrics['i_auroc']:.4f}"
              + (f", P-AUROC {best.metrics['p_auroc']:.4f}" if "p_auroc" in best.metrics else "")
              + " on the pseudo-validation set)")
