@@ -17,7 +17,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "calibrate", help="threshold and sampler hyper-parameters from normal images only",
         description="Calibrate a bundle for a line from normal parts only: choose the sampler hyper-parameters "
         "on a pseudo-validation set (synthetic anomalies drawn onto part of the normal images), set the "
-        "threshold on the held-out rest for a target false-reject rate with its 95%% Clopper-Pearson bound, "
+        "threshold on the held-out rest for a target false-reject rate with its 95 percent Clopper-Pearson bound, "
         "and write a new bundle version (docs/calibration.md).")
     p.add_argument("bundle", type=Path, help="bundle directory")
     p.add_argument("--normal", required=True, type=Path, help="folder of normal (good) part images")

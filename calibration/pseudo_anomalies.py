@@ -28,6 +28,7 @@ from calibration.synthesis import perlin_noise
 Anomaly = tuple[np.ndarray, np.ndarray]  # (image, bool mask)
 Generator = Callable[[np.ndarray, np.random.Generator, Sequence[np.ndarray]], Anomaly]
 MIN_SIDE = 16  # below this a defect cannot be drawn with a meaningful mask
+NOISE_SIDE = 256  # Perlin noise is drawn at most this size
 
 
 def _check(img: np.ndarray) -> np.ndarray:
@@ -42,12 +43,16 @@ def perlin_region(shape: tuple[int, int], rng: np.random.Generator, coverage: tu
                   ) -> np.ndarray:
     """A Perlin-noise region of ``shape`` (any size) covering a fraction of the image within ``coverage``."""
     h, w = shape
-    side = 1 << int(np.ceil(np.log2(max(h, w))))  # noise on a power-of-two square, cropped
+    scale = min(1.0, NOISE_SIDE / max(h, w))  # noise drawn small and resized: big frames cost no more
+    sh, sw = max(2, round(h * scale)), max(2, round(w * scale))
+    side = 1 << int(np.ceil(np.log2(max(sh, sw))))  # noise on a power-of-two square, cropped
     for _ in range(20):
         res = 2 ** int(rng.integers(1, max(2, int(np.log2(side)) - 3)))
         noise = perlin_noise((side, side), (res, res), rng)
-        y, x = int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
-        noise = noise[y : y + h, x : x + w]
+        y, x = int(rng.integers(0, side - sh + 1)), int(rng.integers(0, side - sw + 1))
+        noise = noise[y : y + sh, x : x + sw]
+        if (sh, sw) != (h, w):
+            noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
         target = rng.uniform(*coverage)
         cut = np.quantile(noise, 1.0 - target)
         mask = noise > cut

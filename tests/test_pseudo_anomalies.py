@@ -20,7 +20,7 @@ def _normal(h: int, w: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", sorted(GENERATORS))
-@pytest.mark.parametrize("hw", [(64, 64), (40, 97), (257, 130)])
+@pytest.mark.parametrize("hw", [(64, 64), (40, 97), (257, 130), (700, 1100)])
 def test_each_generator_marks_what_it_changes(kind: str, hw: tuple[int, int]) -> None:
     img, donor = _normal(*hw, 0), _normal(*hw, 1)
     out, mask = make_anomaly(img, kind, np.random.default_rng(7), [donor])
