@@ -152,6 +152,8 @@ def calibrate(bundle: str | Path, normal_dir: str | Path, options: CalibrateOpti
     bundle = Path(bundle)
     out = Path(out) if out is not None else None
     manifest = read_manifest(bundle)
+    if out is not None and out.exists():
+        raise GladEdgeError(f"{out}: already exists (choose a new --out)")
     files = list_images(normal_dir, "normal image folder")
     if not files:
         raise GladEdgeError(f"{normal_dir}: no images (.png, .jpg, .bmp, .tif)")
