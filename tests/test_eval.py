@@ -135,3 +135,19 @@ def test_bad_datasets_are_one_error_line(calibrated: Path, dataset: Path, tmp_pa
     write_parts(only_good / "test" / "good", brick_parts(3, seed=1))
     proc = cli("eval", str(calibrated), str(only_good), "--out", str(tmp_path / "o"))
     assert "needs both good and defective" in one_error_line(proc.stderr, "eval")
+
+
+def test_image_curves_are_scikit_learns() -> None:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from calibration.metrics import image_curves
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: ties included
+    c = image_curves(scores, labels)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert np.allclose(c["fpr"], fpr) and np.allclose(c["tpr"], tpr)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    # scikit-learn: thresholds ascending plus a final (P=1, R=0) point
+    assert np.allclose(c["precision"], precision[:-1][::-1]) and np.allclose(c["recall"], recall[:-1][::-1])
