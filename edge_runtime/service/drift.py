@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from edge_runtime.service.drift_config import DriftConfig
 
@@ -70,6 +69,8 @@ class DriftMonitor:
             if len(self.recent) < self.cfg.window or self._since_check < self.cfg.check_every:
                 return None
             self._since_check = 0
+            from scipy.stats import ks_2samp  # loaded at the first test, not at every service start
+
             res = ks_2samp(np.fromiter(self.recent, np.float64), self.reference, method="asymp")
             self.statistic, self.p_value = float(res.statistic), float(res.pvalue)
             before = self.alarm

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -40,11 +40,13 @@ from edge_runtime.errors import GladEdgeError
 from edge_runtime.result import InspectionResult
 from edge_runtime.service.camera import Camera, Frame
 from edge_runtime.service.config import ServiceConfig
-from edge_runtime.service.drift import DriftMonitor
 from edge_runtime.service.logs import rfc3339
 from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.storage import RejectStore
+
+if TYPE_CHECKING:  # annotations only
+    from edge_runtime.service.drift import DriftMonitor
 
 log = logging.getLogger(__name__)
 
