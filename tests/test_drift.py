@@ -139,8 +139,18 @@ class _Status:
         return self.messages
 
 
-def test_service_reports_drift_and_keeps_verdicts(bundle: Path, tmp_path: Path, broker: Broker,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+class _Records(logging.Handler):
+    """Collects records on the drift logger itself: other tests' logging set-up may stop propagation."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_service_reports_drift_and_keeps_verdicts(bundle: Path, tmp_path: Path, broker: Broker) -> None:
     normals = tmp_path / "normals"
     write_parts(normals, brick_parts(40, seed=4))
     calibrated, record = calibrate(bundle, normals, CalibrateOptions(holdout=0.6, target_frr=0.2, progress=False),
@@ -156,13 +166,20 @@ def test_service_reports_drift_and_keeps_verdicts(bundle: Path, tmp_path: Path, 
     service = Service(ServiceConfig.model_validate(raw), setup_logs=False)
     verdicts: list[dict[str, Any]] = []
     service.listeners.append(verdicts.append)
-    with caplog.at_level(logging.INFO, logger="edge_runtime.service.drift"):
+    drift_log = logging.getLogger("edge_runtime.service.drift")
+    records, level = _Records(), drift_log.level
+    drift_log.addHandler(records)
+    drift_log.setLevel(logging.INFO)
+    try:
         assert service.run(install_signals=False) == 0
+    finally:
+        drift_log.removeHandler(records)
+        drift_log.setLevel(level)
     statuses = status.close()
     assert service.drift is not None and service.drift.alarm
     assert "glad_edge_drift_alarm 1" in service.metrics.registry.render()
     assert any(m.get("drift", {}).get("alarm") is True for m in statuses), statuses
-    events = [getattr(r, "fields", {}) for r in caplog.records]
+    events = [getattr(r, "fields", {}) for r in records.records]
     assert any(e.get("event") == "alarm" and e.get("alarm") == "drift" and e["drift"]["alarm"] for e in events), events
     threshold = read_manifest(calibrated).threshold
     assert len(verdicts) == 30
