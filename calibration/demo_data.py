@@ -189,7 +189,8 @@ def _params(category: str, seed: int, size: int, window: int, n_train: int, n_te
                 n_test_good=n_test_good, n_per_defect=n_per_defect, defects=list(DEFECTS))
 
 
-def _write(path: Path, img: np.ndarray) -> None:
+def write_png(path: Path, img: np.ndarray) -> None:
+    """float [0, 1] or uint8 RGB (or gray) -> PNG, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8) if img.dtype != np.uint8 else img
     if u8.ndim == 3:
@@ -233,16 +234,16 @@ def build_demo_dataset(
     total = n_train + n_test_good + n_per_defect * len(DEFECTS)
     with tqdm(total=total, desc=f"demo data ({category})", disable=not progress, unit="img") as bar:
         for i in range(n_train):
-            _write(out / "train" / "good" / f"{i:03d}.png", crop(photo, rng, train_rows, window, size))
+            write_png(out / "train" / "good" / f"{i:03d}.png", crop(photo, rng, train_rows, window, size))
             bar.update()
         for i in range(n_test_good):
-            _write(out / "test" / "good" / f"{i:03d}.png", crop(photo, rng, test_rows, window, size))
+            write_png(out / "test" / "good" / f"{i:03d}.png", crop(photo, rng, test_rows, window, size))
             bar.update()
         for kind in DEFECTS:
             for i in range(n_per_defect):
                 img, mask = make_defect(crop(photo, rng, test_rows, window, size), kind, rng)
-                _write(out / "test" / kind / f"{i:03d}.png", img)
-                _write(out / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+                write_png(out / "test" / kind / f"{i:03d}.png", img)
+                write_png(out / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
                 bar.update()
     marker.write_text(json.dumps(params, indent=2) + "\n")
     return out

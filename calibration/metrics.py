@@ -66,6 +66,7 @@ __all__ = [
     "i_ap",
     "i_auroc",
     "i_f1_max",
+    "image_curves",
     "p_ap",
     "p_auroc",
     "p_f1_max",
@@ -236,6 +237,15 @@ def i_ap(scores: np.ndarray, labels: np.ndarray) -> float:
 def i_f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     """Image F1-max: max of 2PR/(P+R) over sklearn's precision_recall_curve(labels, scores) points."""
     return _f1_max(_image_curve(scores, labels))
+
+
+def image_curves(scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The image ROC curve (``fpr``, ``tpr`` from (0, 0)) and precision-recall curve (``precision``,
+    ``recall``), one point per distinct score, thresholds descending: the points the metrics above use."""
+    c = _image_curve(scores, labels)
+    precision, recall = _precision_recall(c)
+    return {"fpr": np.concatenate(([0.0], c.fps / c.fps[-1])), "tpr": np.concatenate(([0.0], c.tps / c.tps[-1])),
+            "precision": precision, "recall": recall}
 
 
 # -- pixel metrics -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_runtime.calibration_record import CalibrationRecord
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, format_validation_error
 from edge_runtime.nesting import parse_json
@@ -121,6 +122,7 @@ class Manifest(_Strict):
     adaptive_patch_size: int
     noise: NoiseEntry
     threshold: float | None = None
+    calibration: CalibrationRecord | None = None  # glad-edge calibrate's record
     models: dict[str, ModelEntry]
     # TensorRT engines built from ``models`` (glad-edge build-engines), per role; empty: none built
     engines: dict[str, ModelEntry] = Field(default_factory=dict)
@@ -170,7 +172,8 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
     path = d / MANIFEST
     tmp = path.with_suffix(".tmp")
     # Left out while empty, so a bundle without engines or kernels still reads on runtimes older than them.
-    unused = {key for key in ("engines", "kernels", "version", "selftest") if getattr(manifest, key) in (None, {})}
+    unused = {key for key in ("engines", "kernels", "version", "selftest", "calibration")
+              if getattr(manifest, key) in (None, {})}
     tmp.write_text(manifest.model_dump_json(indent=2, exclude=unused) + "\n")
     tmp.replace(path)
     return path

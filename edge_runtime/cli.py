@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from calibration import commands as calibration_commands
 from edge_runtime.errors import GladEdgeError
 
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory at --out")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed latent noise (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a glad.json field over the preset's, value parsed as JSON (repeatable), "
+                   "e.g. --set resolution=256")
 
     p = sub.add_parser(
         "export",
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.updates.cli import add_parsers
 
     add_parsers(sub, _Parser)
+    calibration_commands.add_parsers(sub)
     return parser
 
 
@@ -192,6 +197,19 @@ def _engine_options(args: argparse.Namespace) -> dict:
             "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip())}
 
 
+def _glad_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise GladEdgeError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
 def _cmd_import_glad(args: argparse.Namespace) -> int:
     from model_export.import_glad import import_glad
 
@@ -207,6 +225,7 @@ def _cmd_import_glad(args: argparse.Namespace) -> int:
         noise_seed=args.noise_seed,
         dino_num_heads=args.dino_num_heads,
         overwrite=args.overwrite,
+        overrides=_glad_overrides(args.overrides),
     )
     print(f"wrote checkpoint {out}")
     return 0
@@ -360,6 +379,7 @@ COMMANDS = {
     "run": _cmd_run,
     "bundle": _cmd_bundle,
     "publish-update": _cmd_publish_update,
+    **calibration_commands.COMMANDS,
 }
 
 

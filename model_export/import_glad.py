@@ -59,9 +59,11 @@ from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from pydantic import ValidationError
 from torch import nn
 
 from edge_runtime.errors import GladEdgeError
+from edge_runtime.glad_config import GladConfig, format_validation_error
 from model_export.checkpoint import Checkpoint, save_checkpoint
 from model_export.dino import (
     DinoViT,
@@ -449,8 +451,10 @@ def import_glad(
     noise_seed: int = 0,
     dino_num_heads: int | None = None,
     overwrite: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a GLAD checkpoint directory to ``out`` and return its path (see the module docstring)."""
+    """Write a GLAD checkpoint directory to ``out`` and return its path (see the module docstring).
+    ``overrides``: glad.json fields set over the preset's (e.g. a smaller ``resolution``)."""
     sd, unet, dino, out = Path(sd), Path(unet), Path(dino), Path(out)
     dino_adaptive = Path(dino_adaptive) if dino_adaptive is not None else None
     vae = Path(vae) if vae is not None else None
@@ -458,6 +462,11 @@ def import_glad(
 
     # everything that can be checked cheaply, before minutes of loading
     config = preset_config(preset, category, noise_seed)
+    if overrides:
+        try:
+            config = GladConfig.model_validate({**config.model_dump(), **overrides})
+        except ValidationError as e:
+            raise GladEdgeError(f"--set: {format_validation_error(e)}") from None
     _check_sd_folder(sd, need_vae_weights=vae is None)
     _check_weights_path(unet, "GLAD UNet state dict")
     _check_weights_path(dino, "DINO weights")

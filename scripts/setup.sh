@@ -60,3 +60,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
   fi
 fi
+# chromium (Debian package): tests/test_eval.py opens the eval report in headless Chromium.
+if ! command -v chromium >/dev/null; then
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi

@@ -19,7 +19,8 @@ def test_demo_end_to_end_small(tmp_path):
 
     settings = TrainSettings(vae_steps=3, unet_steps=3, dino="random", glad={"inference_steps": 5})
     opts = dict(n_train=16, n_test_good=4, n_per_defect=2)
-    summary = run_demo(tmp_path, progress=False, settings=settings, dataset_options=opts, n_calibration=6)
+    kw = dict(progress=False, settings=settings, dataset_options=opts, n_normals=50, target_frr=0.2, pseudo_size=6)
+    summary = run_demo(tmp_path, **kw)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert set(on_disk) >= {"exact", "fast"}
     items = demo_data.list_test_set(tmp_path / "data" / "brick")
@@ -43,9 +44,19 @@ def test_demo_end_to_end_small(tmp_path):
                  for g, lg in zip(scores, labels, strict=True) if not lg]
         auroc = sum(1.0 if b > g else 0.5 if b == g else 0.0 for b, g in pairs) / len(pairs)
         assert s["i_auroc"] == pytest.approx(auroc, abs=1e-9)
+        assert s["frr"] == s["false_rejects"] / 4 and s["escape_rate"] == s["escapes"] / sum(labels)
+        assert 0.0 <= s["p_auroc"] <= 1.0 and s["frr_upper_bound"] <= 0.2
+        c = m.calibration
+        assert c is not None and c.n_normal == 50 and c.n_holdout == 15
+        assert (tmp_path / f"eval-{name}" / "report.html").is_file()
+    assert set(on_disk["fast"]["hyper_parameters"]) == {"input_threshold", "min_step"}
+    assert on_disk["exact"]["hyper_parameters"] == {}
     assert on_disk["fast"]["sampler"]["inference_steps"] < on_disk["exact"]["sampler"]["inference_steps"]
-    assert "exact (5 steps)" in format_summary(summary)
-    # a second run reuses every cache: same thresholds, same scores
-    again = run_demo(tmp_path, progress=False, settings=settings, dataset_options=opts, n_calibration=6)
+    text = format_summary(summary)
+    assert "exact (5 steps)" in text and "FRR bound" in text and "escape rate" in text
+    # a second run reuses every cache: same calibration, same scores
+    created = read_manifest(tmp_path / "bundle-exact").calibration.created
+    again = run_demo(tmp_path, **kw)
+    assert read_manifest(tmp_path / "bundle-exact").calibration.created == created
     assert again["exact"]["threshold"] == summary["exact"]["threshold"]
     assert again["exact"]["i_auroc"] == summary["exact"]["i_auroc"]

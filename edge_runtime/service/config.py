@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from edge_runtime.nesting import MAX_DEPTH, check_depth
+from edge_runtime.service.drift_config import DriftConfig
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 from edge_runtime.updates.config import UpdatesConfig
 
@@ -268,6 +269,7 @@ class ServiceConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     limits: LimitsConfig = LimitsConfig()
     updates: UpdatesConfig = UpdatesConfig()
+    drift: DriftConfig = DriftConfig()
 
     _station = field_validator("station")(lambda v: check_station(v))
 

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -55,6 +55,9 @@ from edge_runtime.service.model_switch import ModelGate, OutputBarrier
 from edge_runtime.service.outbox import storage_fault
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.storage import RejectStore
+
+if TYPE_CHECKING:  # annotations only
+    from edge_runtime.service.drift import DriftMonitor
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ class Pipeline:
                  threshold: float, model: dict[str, str], outputs: Sequence[SignalOutput] = (),
                  store: RejectStore | None = None, metrics: ServiceMetrics | None = None,
                  listeners: Sequence[Listener] = (), on_storage_error: StorageErrorFn | None = None,
-                 publish_unrecorded: Listener | None = None) -> None:
+                 publish_unrecorded: Listener | None = None, drift: DriftMonitor | None = None) -> None:
         if not detectors:
             raise ValueError("at least one detector")
         self.cfg = cfg
@@ -212,6 +215,7 @@ class Pipeline:
         self.listeners = list(listeners)
         self.on_storage_error = on_storage_error
         self.publish_unrecorded = publish_unrecorded
+        self.drift = drift  # watches the scores; never changes a verdict
         p = cfg.pipeline
         self.deadline_s = p.deadline_ms / 1000.0 if p.deadline_ms else None
         self.inspect_q = BoundedQueue(p.queue_size)
@@ -472,6 +476,11 @@ class Pipeline:
             self.metrics.latency.observe(msg["latency_ms"] / 1000)
             if msg["score"] is not None:
                 self.metrics.last_score.set(msg["score"])
+        if self.drift is not None and verdict != "error" and msg["score"] is not None:
+            try:
+                self.drift.observe(msg["score"], rejected=verdict == "reject")
+            except Exception:  # the alarm is advisory: it must not cost a verdict
+                log.exception("drift check failed")
         if self.store is not None and verdict in self.cfg.storage.save:
             amap = part.result.anomaly_map if part.result is not None else None
             self.store.save({**msg, "_t": part.frame.ts}, part.frame.image, amap, self.threshold)

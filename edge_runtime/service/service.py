@@ -25,6 +25,7 @@ from edge_runtime.bundle import MANIFEST, sha256_file
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.service.camera import Camera, safe_source
 from edge_runtime.service.config import ServiceConfig
+from edge_runtime.service.drift import DriftMonitor, start_drift_monitor
 from edge_runtime.service.logs import setup_logging
 from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
 from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, lock_path, storage_fault, write_probe
@@ -168,6 +169,8 @@ class Service:
         self.guard = StorageGuard(outbox_path(cfg), int(cfg.storage.min_free_mb * 2**20), metrics=self.metrics)
         self.updater: Any = None
         self.state = "starting"
+        self.drift: DriftMonitor | None = None
+        self._status_fields: dict[str, Any] = {}
         self._stopped = False
 
     # -- health ----------------------------------------------------------------------------------
@@ -185,7 +188,15 @@ class Service:
             info["verdicts"] = dict(self.pipeline.counts)
         return self.alive(), info
 
+    def start_drift(self, manifest: Any, threshold: float) -> DriftMonitor | None:
+        """The drift monitor for a bundle: its calibration's normal scores at its threshold (None when off)."""
+        return start_drift_monitor(self.cfg.drift, getattr(manifest, "calibration", None), threshold, self.metrics,
+                                   on_change=lambda _: self._set_status(self.state, **self._status_fields))
+
     def _set_status(self, state: str, **fields: Any) -> None:
+        self._status_fields = dict(fields)
+        if self.drift is not None:  # every status carries the drift alarm's latest state
+            fields["drift"] = self.drift.state()
         if self.link is not None:
             try:
                 self.link.set_status(state, **fields)
@@ -263,10 +274,11 @@ class Service:
             self.store = RejectStore(cfg.storage.rejects_dir, cfg.storage.quota_mb,
                                      jpeg_quality=cfg.storage.jpeg_quality, queue_size=cfg.storage.queue_size,
                                      metrics=self.metrics)
+        self.drift = self.start_drift(det.manifest, threshold)
         self.pipeline = Pipeline(cfg, detectors, self.camera, publish=publish, threshold=threshold, model=model,
                                  outputs=self.outputs, store=self.store, metrics=self.metrics,
                                  listeners=self.listeners, on_storage_error=self.guard.report,
-                                 publish_unrecorded=unrecorded)
+                                 publish_unrecorded=unrecorded, drift=self.drift)
         self.watchdog = Watchdog(cfg, self.pipeline, self.camera, metrics=self.metrics, on_change=self._on_watchdog,
                                  sources=[self.guard.problems])
         beaters = [out for out in self.outputs if (out.name == "serial" and hb.serial_message is not None)

@@ -450,6 +450,8 @@ class Updater:
             self.store.write_pointer(*old)  # the old model still serves: so must the next start
             raise
         self.running, self.previous, self.manifest = bundle_dir, new_previous, manifest
+        # the new model's scores are compared with its own calibration, never the old model's
+        self.svc.drift = self.svc.pipeline.drift = self.svc.start_drift(manifest, threshold)
         if self.svc.link is not None:
             self.svc.link.set_model(model)
         self.svc.metrics.model_info.set(1, version=model["version"], sha256=model["sha256"],
