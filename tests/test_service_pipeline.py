@@ -26,6 +26,7 @@ from edge_runtime.cli import main
 from edge_runtime.detector import Detector
 from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
+from edge_runtime.service.logs import CORE_FIELDS
 from edge_runtime.service.pipeline import Pipeline, find_regions
 from edge_runtime.service.service import LocalSeq, Service
 
@@ -291,6 +292,9 @@ def test_cli_run_folder(small_bundle: Path, tmp_path: Path, score_threshold: flo
     assert "config OK" in capsys.readouterr().out
     assert main(args) == 0
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    # every event, whoever logged it, carries the same core fields
+    assert lines and all(set(CORE_FIELDS) <= x.keys() and x["station"] == "st-test" and x["event"] for x in lines)
+    assert {"verdict", "stopped"} <= {x["event"] for x in lines}
     verdicts = [x for x in lines if x.get("event") == "verdict"]
     assert sorted((v["frame_id"], v["verdict"]) for v in verdicts) == [(1, "reject"), (2, "error")]
     assert sorted(v["seq"] for v in verdicts) == [1, 2]

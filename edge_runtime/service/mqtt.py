@@ -49,7 +49,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -60,6 +59,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_runtime.service.config import LimitsConfig
+from edge_runtime.service.logs import utc_now
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 from edge_runtime.service.outbox import Outbox, OutboxError, OutboxFull, encode_message
 from edge_runtime.service.triggers import TriggerRefused, parse_trigger
@@ -88,11 +88,6 @@ def make_client(cfg: MqttConfig, client_id: str, logger: str) -> mqtt.Client:
             client.tls_insecure_set(True)
     client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
     return client
-
-
-def utc_now() -> str:
-    """RFC 3339 UTC timestamp with milliseconds, e.g. ``2024-05-01T12:00:00.123Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class MqttLink:
@@ -134,7 +129,10 @@ class MqttLink:
         self.topic_trigger = config.topic(station, "cmd", "trigger")
 
         self._owns_outbox = outbox is None
-        self.outbox = outbox if outbox is not None else Outbox(config.outbox_path, max_rows=config.outbox_max_rows)
+        if outbox is None and config.outbox_path is None:
+            raise ValueError("MqttLink needs an outbox: pass one or set config.outbox_path")
+        self.outbox = outbox if outbox is not None else Outbox(str(config.outbox_path),
+                                                                max_rows=config.outbox_max_rows)
 
         self._state = "online"
         self._status_fields: dict[str, Any] = {}

@@ -233,7 +233,6 @@ class Pipeline:
         self.parts_in = 0
         self.parts_out = 0
         self.counts = {"pass": 0, "reject": 0, "error": 0}
-        self.last_verdict: dict[str, Any] | None = None
         if metrics is not None:
             metrics.queue_depth.fn = lambda: {("inspect",): len(self.inspect_q), ("output",): len(self.output_q)}
             metrics.threshold.set(threshold)
@@ -464,7 +463,6 @@ class Pipeline:
                 out.fire(msg)
         self.parts_out += 1
         self.counts[verdict] += 1
-        self.last_verdict = msg
         if self.metrics is not None:
             self.metrics.verdicts.inc(verdict=verdict)
             if verdict == "error":

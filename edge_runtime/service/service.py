@@ -116,7 +116,9 @@ def open_outbox(path: Path, key: str, max_rows: int | None = None) -> Outbox:
 
 
 def outbox_path(cfg: ServiceConfig) -> Path:
-    return Path(cfg.mqtt.outbox_path) if cfg.mqtt is not None else cfg.storage.state_dir / "outbox.sqlite3"
+    if cfg.mqtt is not None and cfg.mqtt.outbox_path is not None:
+        return Path(cfg.mqtt.outbox_path)
+    return cfg.storage.state_dir / "outbox.sqlite3"
 
 
 def load_detectors(cfg: ServiceConfig) -> list[Any]:
@@ -206,7 +208,7 @@ class Service:
     def start(self) -> None:
         cfg = self.cfg
         if self.setup_logs:
-            setup_logging(cfg.logging.format, cfg.logging.level)
+            setup_logging(cfg.logging.format, cfg.logging.level, station=cfg.station)
         t0 = time.monotonic()
         from edge_runtime.service.updater import prepare_updates
 
@@ -240,6 +242,7 @@ class Service:
             except BaseException:
                 outbox.close()
                 raise
+            self.metrics.watch_mqtt(self.link.stats)
             publish, unrecorded = self.link.publish_verdict, self.link.publish_unrecorded
         else:
             if cfg.camera.trigger == "software":
