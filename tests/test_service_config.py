@@ -10,7 +10,7 @@ import yaml
 from edge_runtime.cli import main
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.service.config import ServiceConfig, apply_override, load_config
-from edge_runtime.service.pipeline import decide_threshold
+from edge_runtime.service.threshold import decide_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("station-*.yaml"))
@@ -35,7 +35,7 @@ def error_of(path: Path, overrides: list[str] | None = None) -> str:
 def test_examples_load_and_cover_the_sources() -> None:
     names = {p.name for p in EXAMPLES}
     assert {"station-folder.yaml", "station-usb-camera.yaml", "station-jetson-csi.yaml", "station-rtsp.yaml"} <= names
-    from edge_runtime.service.camera import resolve_kind
+    from edge_runtime.service.sources import resolve_kind
 
     kinds = {}
     for path in EXAMPLES:

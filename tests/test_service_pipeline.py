@@ -27,7 +27,8 @@ from edge_runtime.detector import Detector
 from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import CORE_FIELDS
-from edge_runtime.service.pipeline import Pipeline, find_regions
+from edge_runtime.service.pipeline import Pipeline
+from edge_runtime.service.regions import find_regions
 from edge_runtime.service.service import LocalSeq, Service
 
 KINDS = ["smooth", "corrupt", "dark", "noise", "empty", "dark", "smooth", "truncated", "noise", "dark"]
@@ -350,7 +351,7 @@ def collect(cam: Camera, limit: int, timeout: float = 10.0) -> list[Any]:
 
 
 def test_validate_frame() -> None:
-    from edge_runtime.service.camera import validate_frame
+    from edge_runtime.service.frames import validate_frame
 
     assert validate_frame(None)[1] == "empty frame (no image returned)"
     assert "empty or malformed" in validate_frame(np.zeros((0, 5, 3), np.uint8))[1]
@@ -392,7 +393,7 @@ def test_folder_and_video_sources(tmp_path: Path) -> None:
 
 def test_source_errors(tmp_path: Path) -> None:
     from edge_runtime.errors import GladEdgeError
-    from edge_runtime.service.camera import gstreamer_available
+    from edge_runtime.service.sources import gstreamer_available
 
     with pytest.raises(GladEdgeError, match="folder not found"):
         camera(source=str(tmp_path / "none"), kind="folder").check()

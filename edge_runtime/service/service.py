@@ -23,16 +23,18 @@ import numpy as np
 
 from edge_runtime.bundle import MANIFEST, sha256_file
 from edge_runtime.errors import GladEdgeError
-from edge_runtime.service.camera import Camera, safe_source
+from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import setup_logging
 from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
 from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, lock_path, storage_fault, write_probe
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.outputs.heartbeat import Heartbeat
-from edge_runtime.service.pipeline import Listener, Pipeline, decide_threshold
+from edge_runtime.service.pipeline import Listener, Pipeline
+from edge_runtime.service.sources import safe_source
 from edge_runtime.service.storage import RejectStore
 from edge_runtime.service.storage_guard import StorageGuard
+from edge_runtime.service.threshold import decide_threshold
 from edge_runtime.service.watchdog import Watchdog
 from edge_runtime.updates.store import model_version
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_runtime.service.camera import BackoffTimer
+from edge_runtime.service.backoff import BackoffTimer
 from edge_runtime.service.config import Backoff
 from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.worker import Worker
