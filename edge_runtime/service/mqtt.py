@@ -63,12 +63,12 @@ from edge_runtime.service.logs import utc_now
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 from edge_runtime.service.outbox import Outbox, OutboxError, OutboxFull, encode_message
 from edge_runtime.service.triggers import TriggerRefused, parse_trigger
+from edge_runtime.service.verdict import VERDICTS, verdict_message
 
 __all__ = ["MqttLink", "OutboxFull", "VERDICTS", "utc_now"]
 
 log = logging.getLogger(__name__)
 
-VERDICTS = frozenset({"pass", "reject", "error"})
 STATUS_SCHEMA = 1
 TRIGGER_QUEUE_SIZE = 1024  # a burst of triggers waits here rather than being refused; 16 kB each at most
 _RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts"})
@@ -280,12 +280,7 @@ class MqttLink:
             raise ValueError("seq is assigned by the outbox; leave it out of the message")
         if message.get("station", self.station) != self.station:
             raise ValueError(f"message is for station {message['station']!r}, this link is {self.station!r}")
-        msg: dict[str, Any] = {"schema": 1, "station": self.station, "camera": self.camera}
-        msg.update(message)
-        msg.setdefault("ts", utc_now())
-        if self.model is not None:
-            msg.setdefault("model", self.model)
-        return msg
+        return verdict_message(message, station=self.station, camera=self.camera, model=self.model)
 
     def publish_unrecorded(self, message: dict[str, Any]) -> bool:
         """Publish an "error" verdict that the outbox could not store (disk full, read-only, corrupt), once,

@@ -53,10 +53,10 @@ from edge_runtime.service.outbox import storage_fault
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.regions import find_regions
 from edge_runtime.service.storage import RejectStore
+from edge_runtime.service.verdict import verdict_message
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 PublishFn = Callable[[dict[str, Any]], int]
 Listener = Callable[[dict[str, Any]], None]
 StorageErrorFn = Callable[[BaseException], bool]
@@ -264,10 +264,7 @@ class Pipeline:
     def build_message(self, part: Part) -> dict[str, Any]:
         f, r = part.frame, part.result
         score = float(r.score) if r is not None and math.isfinite(float(r.score)) else None
-        msg: dict[str, Any] = {
-            "schema": SCHEMA,
-            "station": self.cfg.station,
-            "camera": self.cfg.camera.name,
+        msg = verdict_message({
             "frame_id": f.frame_id,
             "ts": rfc3339(f.ts),
             "verdict": part.verdict,
@@ -277,7 +274,7 @@ class Pipeline:
             "model": dict(self.model),
             "latency_ms": round((time.monotonic() - f.t0) * 1000, 2),
             "regions": [],
-        }
+        }, station=self.cfg.station, camera=self.cfg.camera.name)
         if part.verdict == "reject" and r is not None:
             msg["regions"] = find_regions(r.anomaly_map, self.threshold, self.cfg.pipeline.max_regions)
         if part.inspect_ms is not None:
