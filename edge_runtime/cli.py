@@ -16,14 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_runtime.errors import GladEdgeError
+from edge_runtime.errors import GladEdgeError, UsageError
 
 if TYPE_CHECKING:
     from edge_runtime.bundle import SamplerParams
-
-
-class UsageError(GladEdgeError):
-    """Flags that cannot work together or a value out of range: exit 2, like argparse's own refusals."""
 
 
 class MissingExtra(GladEdgeError):

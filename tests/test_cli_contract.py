@@ -79,6 +79,9 @@ def test_an_extra_missing_deeper_in_a_command_is_named() -> None:
     (["bench", "BUNDLE", "--samplers", "exact,slow"], "unknown sampler"),
     (["bench", "BUNDLE", "--runs", "0"], "--runs must be >= 1"),
     (["build-engines", "BUNDLE", "--workspace-mb", "0"], "--workspace-mb must be >= 1"),
+    (["bundle", "rollback"], "give --station and --broker"),
+    (["bundle", "rollback", "--config", "s.yaml", "--station", "a"], "--config (offline) excludes"),
+    (["publish-update", "BUNDLE", "--station", "a", "--broker", "127.0.0.1:1", "--chunk-kb", "0"], "--chunk-kb"),
 ])
 def test_usage_errors_exit_2_with_one_line(argv: list[str], words: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
