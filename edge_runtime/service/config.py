@@ -296,6 +296,10 @@ MAX_YAML_DEPTH = MAX_DEPTH  # nesting of mappings / lists (edge_runtime.nesting)
 MAX_YAML_ALIASES = 64  # *alias references (each can multiply what validation walks: "billion laughs")
 
 
+class _TooDeep(yaml.YAMLError):
+    """Valid YAML nested past the bound: reported like a deep JSON file, not as a syntax error."""
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """SafeLoader that refuses deep nesting (a RecursionError otherwise) and many aliases."""
 
@@ -312,7 +316,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+                raise _TooDeep(f"nested deeper than {MAX_YAML_DEPTH} levels")
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
@@ -400,6 +404,8 @@ def _parse_yaml(text: str, path: Path) -> Any:
     parser recurses per level: a deep document would end in a RecursionError)."""
     try:
         return check_depth(safe_yaml(text), str(path))
+    except _TooDeep:
+        raise GladEdgeError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
     except yaml.YAMLError as e:
         raise GladEdgeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     except RecursionError:
