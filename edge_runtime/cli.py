@@ -1,17 +1,57 @@
-"""The ``glad-edge`` command. Subcommands import their heavy modules lazily, so the device-side
-commands run without torch and ``--help`` is instant."""
+"""The ``glad-edge`` command, the one place that reaches across ``edge_runtime``, ``model_export`` and
+``calibration``. Subcommands import their heavy modules lazily, so the device-side commands run without torch
+and ``--help`` is instant; a command whose extra is not installed says which one to install.
+
+Exit codes, the same for every subcommand: 0 success, 1 a runtime failure (a refused file, a missing extra,
+an OS error), 2 a usage error (a bad flag, a flag that the other flags would make ignored)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calibration import commands as calibration_commands
-from edge_runtime.errors import GladEdgeError
+from edge_runtime.errors import GladEdgeError, UsageError
+
+if TYPE_CHECKING:
+    from edge_runtime.bundle import SamplerParams
+
+
+class MissingExtra(GladEdgeError):
+    """A command needs an optional dependency group (pyproject's extras) that is not installed."""
+
+
+# top-level modules of the optional extras (pyproject.toml), for the one-line "install this" message
+EXTRA_MODULES = {"torch": "export", "diffusers": "export", "transformers": "export", "safetensors": "export",
+                 "onnx": "export", "skimage": "export"}
+
+
+def require_extra(*modules: str) -> None:
+    """Import the extras' modules a command needs before it starts, so a base install ends in one line naming
+    the extra to install instead of a traceback halfway through. A module that is installed but fails to
+    import (a broken build) is reported the same way, with its error."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise MissingExtra(_install_hint(module, e)) from None
+
+
+def _install_hint(module: str, e: ImportError) -> str:
+    extra = EXTRA_MODULES[module]
+    return f"needs {module} ({e}); install the {extra} extra: pip install 'glad-edge[{extra}]'"
+
+
+def _missing_extra(e: ImportError) -> str | None:
+    """The install hint for an ImportError of an extra's module raised deeper than require_extra looked."""
+    module = (e.name or "").split(".")[0]
+    return _install_hint(module, e) if module in EXTRA_MODULES else None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,6 +251,7 @@ def _glad_overrides(items: list[str]) -> dict:
 
 
 def _cmd_import_glad(args: argparse.Namespace) -> int:
+    require_extra("torch")
     from model_export.import_glad import import_glad
 
     out = import_glad(
@@ -231,13 +272,29 @@ def _cmd_import_glad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sampler_flags(args: argparse.Namespace, sampler: str | None) -> None:
+    """--steps and --check-every shape the fast sampler only: given with the exact one they would be ignored."""
+    given = [f"--{name.replace('_', '-')}" for name in ("steps", "check_every") if getattr(args, name) is not None]
+    for flag in given:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if given and sampler == "exact":
+        raise UsageError(f"{', '.join(given)}: only with the fast sampler (the exact one runs glad.json's steps)")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    _check_sampler_flags(args, args.sampler)
+    if args.backend != "tensorrt":
+        engine_flags = {"--timing-cache": args.timing_cache, "--no-timing-cache": args.no_timing_cache,
+                        "--compute-capability": args.compute_capability, "--library": args.library,
+                        "--kernels": args.kernels != "nvcc"}
+        given = [flag for flag, value in engine_flags.items() if value]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --backend tensorrt")
+    require_extra("torch", "onnx")
     from model_export.onnx_export import export_bundle
 
-    for name in ("steps", "check_every"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise GladEdgeError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     options = {"precision": args.precision, "sampler": args.sampler, "steps": args.steps,
                "check_every": args.check_every, "opset": args.opset, "progress": not args.quiet,
                "unet_guidance": args.unet_guidance, "overwrite": args.overwrite}
@@ -249,12 +306,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                   kernels=_kernels(args), **options)
         print(f"wrote bundle {out} (ONNX and TensorRT {args.precision} engines)")
         return 0
-    engine_flags = {"--timing-cache": args.timing_cache, "--no-timing-cache": args.no_timing_cache,
-                    "--compute-capability": args.compute_capability, "--library": args.library,
-                    "--kernels": args.kernels != "nvcc"}
-    given = [flag for flag, value in engine_flags.items() if value]
-    if given:
-        raise GladEdgeError(f"{', '.join(given)}: only with --backend tensorrt")
     out = export_bundle(args.checkpoint, args.out, **options)
     print(f"wrote bundle {out}")
     return 0
@@ -264,7 +315,7 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
     from model_export.tensorrt_build import build_engines
 
     if args.workspace_mb is not None and args.workspace_mb < 1:
-        raise GladEdgeError(f"--workspace-mb must be >= 1, got {args.workspace_mb}")
+        raise UsageError(f"--workspace-mb must be >= 1, got {args.workspace_mb}")
     manifest = build_engines(args.bundle, precision=args.precision, timing_cache=_timing_cache(args),
                              compute_capabilities=args.compute_capability, workspace_mb=args.workspace_mb,
                              progress=not args.quiet, overwrite=args.overwrite, library=args.library,
@@ -277,6 +328,7 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
+    require_extra("torch")
     from model_export.factory import make_random_checkpoint
 
     make_random_checkpoint(args.out, resolution=args.resolution, dino_resolution=args.resolution, seed=args.seed)
@@ -284,21 +336,38 @@ def _cmd_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_sampler(bundle: Path, name: str, args: argparse.Namespace) -> SamplerParams:
+    """The sampler the flags ask for, checked against the bundle's GLAD settings (--steps that do not fit)."""
+    from edge_runtime.bundle import read_manifest
+    from edge_runtime.sampler import sampler_params
+
+    glad = read_manifest(bundle, verify=False).glad
+    try:
+        if name == "fast":
+            return sampler_params(glad, name, args.steps, args.check_every)
+        return sampler_params(glad, name)
+    except ValueError as e:  # sampler_params' refusals are all about the flags given
+        raise UsageError(str(e)) from None
+
+
 def _load_inspector(args: argparse.Namespace) -> tuple[object, float | None]:
     if (args.model / "glad.json").is_file():
+        given = [flag for flag, value in (("--sampler", args.sampler), ("--steps", args.steps),
+                                          ("--check-every", args.check_every)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with a bundle (a checkpoint runs the reference's sampler)")
+        require_extra("torch")
         from model_export.reference import GladReference
 
         return GladReference.load(args.model, device=args.device), None
+    if args.device is not None:
+        raise UsageError("--device: only with a checkpoint directory (a bundle uses --backend)")
     from edge_runtime.detector import Detector
-    from edge_runtime.sampler import sampler_params
 
+    _check_sampler_flags(args, args.sampler)
     params = None
     if args.sampler or args.steps or args.check_every:
-        from edge_runtime.bundle import read_manifest
-
-        glad = read_manifest(args.model, verify=False).glad
-        name = args.sampler or "fast"
-        params = sampler_params(glad, name, args.steps, args.check_every) if name == "fast" else sampler_params(glad)
+        params = _bundle_sampler(args.model, args.sampler or "fast", args)
     det = Detector.load(args.model, backend=args.backend, engine_options=_engine_options(args), sampler=params)
     return det, det.threshold
 
@@ -329,6 +398,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    require_extra("torch", "onnx", "skimage")
     from calibration.demo import run_demo
 
     run_demo(args.out, progress=not args.quiet)
@@ -341,9 +411,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = sorted(set(samplers) - {"exact", "fast"})
     if unknown or not samplers:
-        raise GladEdgeError(f"--samplers: unknown sampler(s) {unknown} (exact, fast)")
+        raise UsageError(f"--samplers: unknown sampler(s) {unknown} (exact, fast)")
     if args.runs < 1:
-        raise GladEdgeError("--runs must be >= 1")
+        raise UsageError("--runs must be >= 1")
+    if args.warmup < 0:
+        raise UsageError("--warmup must be >= 0")
+    _check_sampler_flags(args, "fast" if "fast" in samplers else "exact")
+    if "fast" in samplers:
+        _bundle_sampler(args.bundle, "fast", args)
     report = run_bench(args.bundle, samplers, runs=args.runs, warmup=args.warmup, steps=args.steps,
                        check_every=args.check_every, backend=args.backend, engine_options=_engine_options(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -389,6 +464,8 @@ def expected_failure(e: BaseException) -> str | None:
     keeps its traceback."""
     if isinstance(e, GladEdgeError):
         return str(e)
+    if isinstance(e, ImportError):
+        return _missing_extra(e)
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename is not None else ""
         return f"{where}{e.strerror or e}"
@@ -410,14 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except Exception as e:
         message = expected_failure(e)
-        if message is not None:
-            one_line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
-            print(f"glad-edge {args.command}: error: {one_line}", file=sys.stderr)
-            return 1
-        if isinstance(e, ValueError):  # argument combinations the library refuses (e.g. --steps with exact)
-            print(f"glad-edge {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+        if message is None:
+            raise
+        one_line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+        print(f"glad-edge {args.command}: error: {one_line}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print(f"glad-edge {args.command}: interrupted", file=sys.stderr)
         return 130

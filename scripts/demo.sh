@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec glad-edge demo "$@"
+. scripts/python.sh
+exec "$PY" -m edge_runtime demo "$@"

@@ -38,6 +38,7 @@ except GladEdgeError as e:
 print("gpu-check: kernels for", ", ".join(cubins), "+", ptx)'
 
 bash scripts/setup.sh
+. scripts/python.sh  # from here on the Python setup.sh installed into (the project's .venv outside a virtualenv)
 # pycuda is an sdist: build it against this toolkit
 bash scripts/install-pycuda.sh "$PY"
 

@@ -148,4 +148,4 @@ def test_cli_bench_side_by_side(small_bundle):
     ratio = report["exact_over_fast"]["flops_good_part"]
     assert ratio == pytest.approx(exact["flops_good_part"]["total"] / fast["flops_good_part"]["total"])
     proc = _cli("bench", str(small_bundle), "--samplers", "exact,slow")
-    assert proc.returncode == 1 and "unknown sampler" in proc.stderr
+    assert proc.returncode == 2 and "unknown sampler" in proc.stderr  # a usage error

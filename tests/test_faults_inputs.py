@@ -620,8 +620,9 @@ def test_service_score_equal_to_threshold_passes(small_bundle: Path, tmp_path: P
 def test_video_source_over_the_pixel_limit_is_refused_at_open(tmp_path: Path) -> None:
     """A video (or live camera) whose frames are over limits.max_frame_pixels is refused when it opens, from its
     reported frame size, before any frame is decoded into a part."""
-    from edge_runtime.service.camera import Camera, CameraError
+    from edge_runtime.service.camera import Camera
     from edge_runtime.service.config import CameraConfig
+    from edge_runtime.service.frames import CameraError
 
     video = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,8 @@ if [ "$1" = -c ]; then
 fi
 prev=; for a in "$@"; do [ "$prev" = -c ] && [ -f "$a" ] && sed 's/^/PIN /' "$a" >>{log}; prev=$a; done
 """)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python)}
+    # VIRTUAL_ENV: the stand-in is taken as a virtualenv's Python, so setup.sh installs with it directly
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python), "VIRTUAL_ENV": str(tmp_path)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh")], capture_output=True, text=True, env=env,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -130,3 +132,40 @@ prev=; for a in "$@"; do [ "$prev" = -c ] && [ -f "$a" ] && sed 's/^/PIN /' "$a"
                           timeout=300, check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "PyTorch for JetPack" in proc.stderr
     assert "pip" not in log.read_text()
+
+
+def test_setup_outside_a_virtualenv_installs_into_the_project_venv(tmp_path: Path) -> None:
+    """A distribution's Python (not a virtualenv, PEP 668 refuses pip there): setup.sh creates .venv once, with
+    --system-site-packages, and every pip install goes through .venv/bin/python; test.sh's Python is the same.
+    setup.sh and python.sh run from a copy of scripts/ so that the stand-in .venv is not made in the checkout;
+    the stand-in Pythons log what they are asked and install nothing."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("setup.sh", "python.sh"):
+        shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
+    log = tmp_path / "python.log"
+    venv_python = f"""#!/usr/bin/env bash
+echo "VENV $*" >>{log}
+case "$*" in *"import torch"*) exit 1 ;; esac
+exit 0
+"""
+    system = _stub(tmp_path / "system-python", f"""echo "SYSTEM $*" >>{log}
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p .venv/bin && printf '%s' '{venv_python}' >.venv/bin/python && chmod +x .venv/bin/python
+fi
+exit 0
+""")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PYTHON"] = str(system)
+    for _ in range(2):
+        proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
+                              env=env, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    made = [c for c in calls if c.startswith("SYSTEM -m venv")]
+    assert len(made) == 1 and "--system-site-packages" in made[0] and made[0].endswith(".venv")
+    assert not any("-m pip" in c for c in calls if c.startswith("SYSTEM"))
+    assert sum("VENV -m pip install --quiet torch==2.13.0" in c for c in calls) == 2
+    assert sum("VENV -m pip install --quiet -e .[export,dev]" in c for c in calls) == 2
+    shown = subprocess.run(["bash", "-c", ". scripts/python.sh; echo $PY"], cwd=tmp_path, capture_output=True,
+                           text=True, env=env, check=True)
+    assert shown.stdout.strip() == ".venv/bin/python"

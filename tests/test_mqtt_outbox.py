@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 from service_helpers import Broker, wait_for
 
+from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.mqtt import MqttLink
 from edge_runtime.service.mqtt_config import MqttConfig
 from edge_runtime.service.outbox import Outbox, OutboxFull, OutboxLocked
@@ -449,9 +450,17 @@ def test_broker_restart_mid_run(broker: Broker, subscribers: Callable[..., Subsc
     sub = subscribers(broker.port, f"{PREFIX}/st1/verdict", "consumer-b")
     status = subscribers(broker.port, f"{PREFIX}/st1/status", "status-b")
     link = MqttLink(link_config(broker.port, tmp_path / "o.sqlite3", max_inflight=8), "st1")
+    metrics = ServiceMetrics()
+    metrics.watch_mqtt(link.stats)  # what the service does: the link's health on /metrics
+
+    def scraped(name: str) -> float:
+        line = next(x for x in metrics.registry.render().splitlines() if x.startswith(name + " "))
+        return float(line.split()[1])
+
     link.start()
     try:
         wait_for(lambda: link.connected, what="link connected")
+        assert scraped("glad_edge_mqtt_connected") == 1 and scraped("glad_edge_mqtt_disconnects") == 0
         for i in range(30):  # no pause: some are in flight when the broker goes
             link.publish_verdict(verdict(i))
         broker.stop()
@@ -460,6 +469,9 @@ def test_broker_restart_mid_run(broker: Broker, subscribers: Callable[..., Subsc
             link.publish_verdict(verdict(i))
             time.sleep(0.005)
         assert link.outbox.count() >= 30
+        assert scraped("glad_edge_mqtt_connected") == 0 and scraped("glad_edge_mqtt_disconnects") >= 1
+        assert scraped("glad_edge_mqtt_outbox_pending") == link.outbox.count()
+        assert scraped("glad_edge_mqtt_oldest_pending_seconds") > 0
         broker.start()
         for i in range(60, 80):
             link.publish_verdict(verdict(i))
@@ -468,6 +480,7 @@ def test_broker_restart_mid_run(broker: Broker, subscribers: Callable[..., Subsc
         assert dedupe(sub.seqs()) == list(range(1, 81)), sub.seqs()
         assert set(sub.seqs()) == set(range(1, 81))
         assert link.outbox.count() == 0
+        assert scraped("glad_edge_mqtt_outbox_pending") == 0 and scraped("glad_edge_mqtt_connected") == 1
         st = link.stats()
         assert st["connects"] >= 2 and st["disconnects"] >= 1
         # birth again after the reconnect

@@ -10,7 +10,7 @@ import yaml
 from edge_runtime.cli import main
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.service.config import ServiceConfig, apply_override, load_config
-from edge_runtime.service.pipeline import decide_threshold
+from edge_runtime.service.threshold import decide_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("station-*.yaml"))
@@ -35,7 +35,7 @@ def error_of(path: Path, overrides: list[str] | None = None) -> str:
 def test_examples_load_and_cover_the_sources() -> None:
     names = {p.name for p in EXAMPLES}
     assert {"station-folder.yaml", "station-usb-camera.yaml", "station-jetson-csi.yaml", "station-rtsp.yaml"} <= names
-    from edge_runtime.service.camera import resolve_kind
+    from edge_runtime.service.sources import resolve_kind
 
     kinds = {}
     for path in EXAMPLES:
@@ -132,6 +132,14 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     assert cfg.storage.state_dir == site / "state" and cfg.storage.rejects_dir == site / "rej"
     url = load_config(path, ["camera.source=rtsp://cam/1"])
     assert url.camera.source == "rtsp://cam/1"
+    # the MQTT outbox defaults into the state directory; given, it and the TLS files follow the config file too
+    mqtt = load_config(path, ["mqtt.host=broker"])
+    assert mqtt.mqtt is not None and mqtt.mqtt.outbox_path == str(site / "state" / "outbox.sqlite3")
+    mqtt = load_config(path, ["mqtt.outbox_path=db/o.sqlite3", "mqtt.tls.ca_certs=ca.pem",
+                              "mqtt.tls.certfile=/etc/c.pem"])
+    assert mqtt.mqtt is not None and mqtt.mqtt.tls is not None
+    assert mqtt.mqtt.outbox_path == str(site / "db" / "o.sqlite3") and mqtt.mqtt.tls.ca_certs == str(site / "ca.pem")
+    assert mqtt.mqtt.tls.certfile == "/etc/c.pem"
 
 
 def test_uncalibrated_bundle_rule(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def test_serial_line_mode_on_a_pty_reports_instead_of_crashing(pty_pair: SocatPa
     try:
         out.fire(msg(1))
         wait_for(lambda: out.dropped == 1, 5, "drop")
-        assert "output_dropped" in alarms and out._thread is not None and out._thread.is_alive()
+        assert "output_dropped" in alarms and out._worker.alive
     finally:
         out.stop()
 

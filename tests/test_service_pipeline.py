@@ -26,7 +26,9 @@ from edge_runtime.cli import main
 from edge_runtime.detector import Detector
 from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
-from edge_runtime.service.pipeline import Pipeline, find_regions
+from edge_runtime.service.logs import CORE_FIELDS
+from edge_runtime.service.pipeline import Pipeline
+from edge_runtime.service.regions import find_regions
 from edge_runtime.service.service import LocalSeq, Service
 
 KINDS = ["smooth", "corrupt", "dark", "noise", "empty", "dark", "smooth", "truncated", "noise", "dark"]
@@ -291,6 +293,9 @@ def test_cli_run_folder(small_bundle: Path, tmp_path: Path, score_threshold: flo
     assert "config OK" in capsys.readouterr().out
     assert main(args) == 0
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    # every event, whoever logged it, carries the same core fields
+    assert lines and all(set(CORE_FIELDS) <= x.keys() and x["station"] == "st-test" and x["event"] for x in lines)
+    assert {"verdict", "stopped"} <= {x["event"] for x in lines}
     verdicts = [x for x in lines if x.get("event") == "verdict"]
     assert sorted((v["frame_id"], v["verdict"]) for v in verdicts) == [(1, "reject"), (2, "error")]
     assert sorted(v["seq"] for v in verdicts) == [1, 2]
@@ -346,7 +351,7 @@ def collect(cam: Camera, limit: int, timeout: float = 10.0) -> list[Any]:
 
 
 def test_validate_frame() -> None:
-    from edge_runtime.service.camera import validate_frame
+    from edge_runtime.service.frames import validate_frame
 
     assert validate_frame(None)[1] == "empty frame (no image returned)"
     assert "empty or malformed" in validate_frame(np.zeros((0, 5, 3), np.uint8))[1]
@@ -388,7 +393,7 @@ def test_folder_and_video_sources(tmp_path: Path) -> None:
 
 def test_source_errors(tmp_path: Path) -> None:
     from edge_runtime.errors import GladEdgeError
-    from edge_runtime.service.camera import gstreamer_available
+    from edge_runtime.service.sources import gstreamer_available
 
     with pytest.raises(GladEdgeError, match="folder not found"):
         camera(source=str(tmp_path / "none"), kind="folder").check()

@@ -302,9 +302,9 @@ def test_cli_export_backend_tensorrt(trt, small_ckpt_dir, tmp_path, capsys):
     m = read_manifest(out)
     assert set(m.engines) == set(MODEL_ROLES) and all(e.precision == "fp32" for e in m.engines.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
-    # one line, exit 1: a second export to the same place, an option that needs --backend tensorrt
+    # one line each: a second export to the same place (exit 1), an option that needs --backend tensorrt (usage: 2)
     assert main(["export", str(small_ckpt_dir), "--out", str(out), "--backend", "tensorrt", "--quiet"]) == 1
-    assert main(["export", str(small_ckpt_dir), "--out", str(tmp_path / "x"), "--no-timing-cache"]) == 1
+    assert main(["export", str(small_ckpt_dir), "--out", str(tmp_path / "x"), "--no-timing-cache"]) == 2
     assert main(["build-engines", str(out), "--quiet"]) == 1  # already has engines
     assert main(["build-engines", str(tmp_path / "missing"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

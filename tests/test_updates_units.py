@@ -93,11 +93,12 @@ def test_publish_update_bad_input_is_one_line(small_bundle: Path, tmp_path: Path
         return subprocess.run([sys.executable, "-m", "edge_runtime.cli", "publish-update", *args], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
 
-    for args, text in ((["nope", "--station", "a", "--broker", "127.0.0.1:1"], "bundle directory not found"),
-                       ([str(small_bundle), "--station", "a", "--broker", "localhost"], "expected HOST:PORT"),
-                       ([str(small_bundle), "--station", "a", "--broker", "127.0.0.1:1"], "cannot connect")):
+    for args, text, code in ((["nope", "--station", "a", "--broker", "127.0.0.1:1"], "bundle directory not found", 1),
+                             ([str(small_bundle), "--station", "a", "--broker", "localhost"], "expected HOST:PORT", 2),
+                             ([str(small_bundle), "--station", "a", "--broker", "127.0.0.1:1"], "cannot connect", 1),
+                             ([str(small_bundle), "--stations", "a,a", "--broker", "127.0.0.1:1"], "distinct", 2)):
         r = run(*args)
-        assert r.returncode == 1 and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr
+        assert r.returncode == code and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr
         assert r.stderr.startswith("glad-edge publish-update: error: ")
 
 

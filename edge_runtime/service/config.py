@@ -273,6 +273,13 @@ class ServiceConfig(_Strict):
 
     _station = field_validator("station")(lambda v: check_station(v))
 
+    @model_validator(mode="after")
+    def _outbox_in_state_dir(self) -> ServiceConfig:
+        # with and without MQTT the verdict numbering lives in the same file, under the one state directory
+        if self.mqtt is not None and self.mqtt.outbox_path is None:
+            self.mqtt.outbox_path = str(self.storage.state_dir / "outbox.sqlite3")
+        return self
+
     @property
     def inference_timeout_s(self) -> float:
         if self.watchdog.inference_timeout_s is not None:
@@ -408,8 +415,9 @@ def _parse_yaml(text: str, path: Path) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ServiceConfig:
-    """Read a YAML config, apply ``--set`` overrides, validate. Relative paths (bundle, storage dirs, a
-    file or folder camera source) are taken relative to the config file's directory."""
+    """Read a YAML config, apply ``--set`` overrides, validate. Relative paths (bundle, storage dirs, the MQTT
+    outbox and TLS files, trusted keys, a file or folder camera source) are taken relative to the config file's
+    directory."""
     path = Path(path)
     limit = max_config_bytes()
     try:
@@ -442,6 +450,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if cfg.storage.rejects_dir is not None:
         cfg.storage.rejects_dir = _resolve(base, cfg.storage.rejects_dir)
     cfg.updates.trusted_keys = [_resolve(base, k) for k in cfg.updates.trusted_keys]
+    if cfg.mqtt is not None:
+        cfg.mqtt.outbox_path = str(_resolve(base, Path(str(cfg.mqtt.outbox_path))))
+        tls = cfg.mqtt.tls
+        if tls is not None:
+            for name in ("ca_certs", "certfile", "keyfile"):
+                if getattr(tls, name) is not None:
+                    setattr(tls, name, str(_resolve(base, Path(getattr(tls, name)))))
     if _is_path_source(cfg.camera.source, cfg.camera.kind):
         cfg.camera.source = str(_resolve(base, Path(str(cfg.camera.source))))
     return cfg

@@ -193,9 +193,26 @@ class ServiceMetrics:
         self.storage_bytes = r.add(Gauge("glad_edge_rejects_bytes", "bytes used in storage.rejects_dir"))
         self.storage_fault = r.add(Gauge("glad_edge_storage_fault",
                                          "1 while the outbox's disk is full, read-only or corrupt"))
+        self.mqtt_connected = r.add(Gauge("glad_edge_mqtt_connected", "1 while the MQTT link is up"))
+        self.mqtt_pending = r.add(Gauge("glad_edge_mqtt_outbox_pending",
+                                        "verdicts in the outbox the broker has not acknowledged yet"))
+        self.mqtt_oldest = r.add(Gauge("glad_edge_mqtt_oldest_pending_seconds",
+                                       "age of the oldest unacknowledged verdict (0: none)"))
+        self.mqtt_disconnects = r.add(Gauge("glad_edge_mqtt_disconnects", "times the MQTT link went down since start"))
         self.stalled.set(0)
         self.camera_connected.set(0)
         self.storage_fault.set(0)
+
+    def watch_mqtt(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Read the MQTT link's health (MqttLink.stats) at each scrape: a link that is down or a growing outbox
+        shows on /metrics before the line notices missing verdicts."""
+        def field(name: str) -> Callable[[], float]:
+            return lambda: float(stats()[name] or 0)
+
+        self.mqtt_connected.fn = field("connected")
+        self.mqtt_pending.fn = field("outbox_pending")
+        self.mqtt_oldest.fn = field("oldest_pending_age_s")
+        self.mqtt_disconnects.fn = field("disconnects")
 
 
 # -- HTTP --------------------------------------------------------------------------------------------

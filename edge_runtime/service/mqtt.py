@@ -49,7 +49,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -60,15 +59,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_runtime.service.config import LimitsConfig
+from edge_runtime.service.logs import utc_now
 from edge_runtime.service.mqtt_config import MqttConfig, check_station
 from edge_runtime.service.outbox import Outbox, OutboxError, OutboxFull, encode_message
 from edge_runtime.service.triggers import TriggerRefused, parse_trigger
+from edge_runtime.service.verdict import VERDICTS, verdict_message
 
 __all__ = ["MqttLink", "OutboxFull", "VERDICTS", "utc_now"]
 
 log = logging.getLogger(__name__)
 
-VERDICTS = frozenset({"pass", "reject", "error"})
 STATUS_SCHEMA = 1
 TRIGGER_QUEUE_SIZE = 1024  # a burst of triggers waits here rather than being refused; 16 kB each at most
 _RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts"})
@@ -88,11 +88,6 @@ def make_client(cfg: MqttConfig, client_id: str, logger: str) -> mqtt.Client:
             client.tls_insecure_set(True)
     client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
     return client
-
-
-def utc_now() -> str:
-    """RFC 3339 UTC timestamp with milliseconds, e.g. ``2024-05-01T12:00:00.123Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class MqttLink:
@@ -134,7 +129,10 @@ class MqttLink:
         self.topic_trigger = config.topic(station, "cmd", "trigger")
 
         self._owns_outbox = outbox is None
-        self.outbox = outbox if outbox is not None else Outbox(config.outbox_path, max_rows=config.outbox_max_rows)
+        if outbox is None and config.outbox_path is None:
+            raise ValueError("MqttLink needs an outbox: pass one or set config.outbox_path")
+        self.outbox = outbox if outbox is not None else Outbox(str(config.outbox_path),
+                                                                max_rows=config.outbox_max_rows)
 
         self._state = "online"
         self._status_fields: dict[str, Any] = {}
@@ -282,12 +280,7 @@ class MqttLink:
             raise ValueError("seq is assigned by the outbox; leave it out of the message")
         if message.get("station", self.station) != self.station:
             raise ValueError(f"message is for station {message['station']!r}, this link is {self.station!r}")
-        msg: dict[str, Any] = {"schema": 1, "station": self.station, "camera": self.camera}
-        msg.update(message)
-        msg.setdefault("ts", utc_now())
-        if self.model is not None:
-            msg.setdefault("model", self.model)
-        return msg
+        return verdict_message(message, station=self.station, camera=self.camera, model=self.model)
 
     def publish_unrecorded(self, message: dict[str, Any]) -> bool:
         """Publish an "error" verdict that the outbox could not store (disk full, read-only, corrupt), once,

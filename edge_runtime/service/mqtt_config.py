@@ -53,7 +53,8 @@ class MqttConfig(BaseModel):
     )
     session_expiry_s: int = Field(86400, ge=0, le=0xFFFFFFFF, description="MQTT v5 Session Expiry Interval")
     heartbeat_s: float = Field(10.0, gt=0, le=86400, description="period of the retained status heartbeat")
-    outbox_path: str = Field("/var/lib/glad-edge/outbox.sqlite3", min_length=1)
+    outbox_path: str | None = Field(None, min_length=1,
+                                    description="verdict outbox (SQLite); default <storage.state_dir>/outbox.sqlite3")
     outbox_max_rows: int | None = Field(
         100_000, ge=1, description="unsent verdicts kept at most; beyond, publish_verdict raises OutboxFull"
     )

@@ -33,7 +33,6 @@ start (and, should one get through, every part is an ``error``): ``score > nan``
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import threading
@@ -42,101 +41,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
-
-from edge_runtime.errors import GladEdgeError
 from edge_runtime.result import InspectionResult
-from edge_runtime.service.camera import Camera, Frame
+from edge_runtime.service.bounded_queue import CLOSED, BoundedQueue
+from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
+from edge_runtime.service.frames import Frame
 from edge_runtime.service.logs import rfc3339
 from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.model_switch import ModelGate, OutputBarrier
 from edge_runtime.service.outbox import storage_fault
 from edge_runtime.service.outputs import SignalOutput
+from edge_runtime.service.regions import find_regions
 from edge_runtime.service.storage import RejectStore
+from edge_runtime.service.verdict import verdict_message
 
 if TYPE_CHECKING:  # annotations only
     from edge_runtime.service.drift import DriftMonitor
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
 PublishFn = Callable[[dict[str, Any]], int]
 Listener = Callable[[dict[str, Any]], None]
 StorageErrorFn = Callable[[BaseException], bool]
-
-
-class _Closed:
-    pass
-
-
-CLOSED = _Closed()
-
-
-class BoundedQueue:
-    """A FIFO with a hard bound, non-blocking and stop-aware blocking puts, sweeping and closing."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: collections.deque[Any] = collections.deque()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-    def put_nowait(self, item: Any) -> bool:
-        with self._cond:
-            if len(self._items) >= self.maxsize or self._closed:
-                return False
-            self._items.append(item)
-            self._cond.notify()
-            return True
-
-    def put(self, item: Any, timeout: float) -> bool:
-        """Wait up to ``timeout`` for room; False when still full (or closed)."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while len(self._items) >= self.maxsize and not self._closed:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            if self._closed:
-                return False
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
-
-    def get(self, timeout: float) -> Any:
-        """The next item; None on timeout; CLOSED once closed and empty."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while not self._items:
-                if self._closed:
-                    return CLOSED
-                left = end - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
-            item = self._items.popleft()
-            self._cond.notify_all()
-            return item
-
-    def take_where(self, pred: Callable[[Any], bool]) -> list[Any]:
-        with self._cond:
-            taken = [x for x in self._items if pred(x)]
-            if taken:
-                self._items = collections.deque(x for x in self._items if not pred(x))
-                self._cond.notify_all()
-            return taken
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 @dataclass
@@ -147,52 +73,6 @@ class Part:
     error: str | None = None
     result: InspectionResult | None = None
     inspect_ms: float | None = None
-
-
-def decide_threshold(cfg: ServiceConfig, bundle_threshold: float | None) -> float:
-    """The decision threshold, or GladEdgeError when the station would run without a calibrated, finite one."""
-    threshold = _choose_threshold(cfg, bundle_threshold)
-    if not math.isfinite(threshold):
-        raise GladEdgeError(f"decision threshold {threshold} is not a finite number: every part would pass")
-    return threshold
-
-
-def _choose_threshold(cfg: ServiceConfig, bundle_threshold: float | None) -> float:
-    p = cfg.pipeline
-    if bundle_threshold is None:
-        if not (p.allow_uncalibrated and p.threshold is not None):
-            raise GladEdgeError(
-                f"{cfg.bundle}: the bundle has no calibrated threshold; calibrate it (glad-edge calibrate), or "
-                "set pipeline.allow_uncalibrated: true with a fixed pipeline.threshold")
-        return float(p.threshold)
-    if p.threshold is not None:
-        log.warning("pipeline.threshold overrides the bundle's calibrated threshold",
-                    extra={"fields": {"bundle_threshold": bundle_threshold, "threshold": p.threshold}})
-        return float(p.threshold)
-    return float(bundle_threshold)
-
-
-def find_regions(anomaly_map: np.ndarray, threshold: float, max_regions: int) -> list[dict[str, float]]:
-    """Bounding boxes of the connected map regions above ``threshold``, in [0, 1] image coordinates
-    (the map covers the whole frame, resized), highest peak first."""
-    if max_regions <= 0:
-        return []
-    amap = np.asarray(anomaly_map, np.float32)
-    mask = (amap > threshold).astype(np.uint8)
-    if not mask.any():
-        return []
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    h, w = amap.shape
-    out = []
-    for i in range(1, n):
-        x, y, bw, bh, area = (int(v) for v in stats[i])
-        peak = float(amap[labels == i].max())
-        if not math.isfinite(peak):  # an inf in the map: JSON has no such number
-            peak = float(np.finfo(np.float32).max)
-        out.append({"x": round(x / w, 4), "y": round(y / h, 4), "w": round(bw / w, 4), "h": round(bh / h, 4),
-                    "area": round(area / (h * w), 5), "peak": round(peak, 6)})
-    out.sort(key=lambda r: -r["peak"])
-    return out[:max_regions]
 
 
 class Pipeline:
@@ -237,7 +117,6 @@ class Pipeline:
         self.parts_in = 0
         self.parts_out = 0
         self.counts = {"pass": 0, "reject": 0, "error": 0}
-        self.last_verdict: dict[str, Any] | None = None
         if metrics is not None:
             metrics.queue_depth.fn = lambda: {("inspect",): len(self.inspect_q), ("output",): len(self.output_q)}
             metrics.threshold.set(threshold)
@@ -389,10 +268,7 @@ class Pipeline:
     def build_message(self, part: Part) -> dict[str, Any]:
         f, r = part.frame, part.result
         score = float(r.score) if r is not None and math.isfinite(float(r.score)) else None
-        msg: dict[str, Any] = {
-            "schema": SCHEMA,
-            "station": self.cfg.station,
-            "camera": self.cfg.camera.name,
+        msg = verdict_message({
             "frame_id": f.frame_id,
             "ts": rfc3339(f.ts),
             "verdict": part.verdict,
@@ -402,7 +278,7 @@ class Pipeline:
             "model": dict(self.model),
             "latency_ms": round((time.monotonic() - f.t0) * 1000, 2),
             "regions": [],
-        }
+        }, station=self.cfg.station, camera=self.cfg.camera.name)
         if part.verdict == "reject" and r is not None:
             msg["regions"] = find_regions(r.anomaly_map, self.threshold, self.cfg.pipeline.max_regions)
         if part.inspect_ms is not None:
@@ -468,7 +344,6 @@ class Pipeline:
                 out.fire(msg)
         self.parts_out += 1
         self.counts[verdict] += 1
-        self.last_verdict = msg
         if self.metrics is not None:
             self.metrics.verdicts.inc(verdict=verdict)
             if verdict == "error":

@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_runtime.bundle import MANIFEST, sha256_file
 from edge_runtime.errors import GladEdgeError
-from edge_runtime.service.camera import Camera, safe_source
+from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.drift import DriftMonitor, start_drift_monitor
 from edge_runtime.service.logs import setup_logging
@@ -31,9 +31,11 @@ from edge_runtime.service.metrics import MetricsServer, ServiceMetrics
 from edge_runtime.service.outbox import Outbox, OutboxError, check_outbox, lock_path, storage_fault, write_probe
 from edge_runtime.service.outputs import SignalOutput
 from edge_runtime.service.outputs.heartbeat import Heartbeat
-from edge_runtime.service.pipeline import Listener, Pipeline, decide_threshold
+from edge_runtime.service.pipeline import Listener, Pipeline
+from edge_runtime.service.sources import safe_source
 from edge_runtime.service.storage import RejectStore
 from edge_runtime.service.storage_guard import StorageGuard
+from edge_runtime.service.threshold import decide_threshold
 from edge_runtime.service.watchdog import Watchdog
 from edge_runtime.updates.store import model_version
 
@@ -117,7 +119,9 @@ def open_outbox(path: Path, key: str, max_rows: int | None = None) -> Outbox:
 
 
 def outbox_path(cfg: ServiceConfig) -> Path:
-    return Path(cfg.mqtt.outbox_path) if cfg.mqtt is not None else cfg.storage.state_dir / "outbox.sqlite3"
+    if cfg.mqtt is not None and cfg.mqtt.outbox_path is not None:
+        return Path(cfg.mqtt.outbox_path)
+    return cfg.storage.state_dir / "outbox.sqlite3"
 
 
 def load_detectors(cfg: ServiceConfig) -> list[Any]:
@@ -217,7 +221,7 @@ class Service:
     def start(self) -> None:
         cfg = self.cfg
         if self.setup_logs:
-            setup_logging(cfg.logging.format, cfg.logging.level)
+            setup_logging(cfg.logging.format, cfg.logging.level, station=cfg.station)
         t0 = time.monotonic()
         from edge_runtime.service.updater import prepare_updates
 
@@ -251,6 +255,7 @@ class Service:
             except BaseException:
                 outbox.close()
                 raise
+            self.metrics.watch_mqtt(self.link.stats)
             publish, unrecorded = self.link.publish_verdict, self.link.publish_unrecorded
         else:
             if cfg.camera.trigger == "software":

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_runtime.service.logs import file_stamp
 from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.service.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ def overlay(image_rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float,
     return out
 
 
-def _stamp(ts: float) -> str:
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f"{int((ts % 1) * 1000):03d}Z"
-
-
 class RejectStore:
     def __init__(self, directory: Path, quota_mb: float, *, jpeg_quality: int = 90, queue_size: int = 32,
                  metrics: ServiceMetrics | None = None) -> None:
@@ -63,8 +60,8 @@ class RejectStore:
         self.written = 0
         self.failed = 0
         self._failing = False
-        self._thread: threading.Thread | None = None
-        self._abandon = threading.Event()
+        self._worker = Worker("reject-store", self._run)
+        self._abandon = self._worker.abort  # stop()'s time is over: finish the part being written, skip the rest
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -72,25 +69,13 @@ class RejectStore:
         self._files = files
         self.total = sum(s for _, s in files)
         self._enforce()
-        self._thread = threading.Thread(target=self._run, name="reject-store", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to ``timeout``), then end the writer thread. The thread is always joined:
         a thread still inside OpenCV when the interpreter exits aborts the process ("terminate called without
         an active exception") and loses the files being written."""
-        if self._thread is None:
-            return
-        end = time.monotonic() + timeout
-        try:
-            self._q.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(max(0.0, end - time.monotonic()))
-        if self._thread.is_alive():
-            self._abandon.set()  # finish the part being written, skip the rest
-            self._thread.join()
-        self._thread = None
+        self._worker.stop(grace_s=timeout, wake=self._q, then_s=None)
 
     def save(self, message: dict[str, Any], image: np.ndarray | None, anomaly_map: np.ndarray | None,
              threshold: float) -> bool:
@@ -147,7 +132,7 @@ class RejectStore:
                threshold: float) -> None:
         ts = float(message.get("_t", time.time()))
         seq = message.get("seq")
-        stem = f"{_stamp(ts)}_{seq if seq is not None else 'noseq'}_{message.get('verdict', 'unknown')}"
+        stem = f"{file_stamp(ts)}_{seq if seq is not None else 'noseq'}_{message.get('verdict', 'unknown')}"
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         files: list[tuple[str, bytes]] = []
         if image is not None:

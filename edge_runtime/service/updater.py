@@ -420,8 +420,8 @@ class Updater:
     def _switch(self, bundle_dir: Path, manifest: Manifest, *, offer: Offer | None,
                 previous: Path | None | bool = True) -> None:
         """Load ``bundle_dir`` beside the running model, self-test it, point the store at it, switch."""
-        from edge_runtime.service.pipeline import decide_threshold
         from edge_runtime.service.service import load_detectors, model_identity
+        from edge_runtime.service.threshold import decide_threshold
 
         self.status("selftest" if offer is not None else "rolling-back", offer=offer, version=manifest.version)
         cfg = self.cfg.model_copy(update={"bundle": bundle_dir})

@@ -22,7 +22,6 @@ past their deadline out of the inspect queue (:meth:`Pipeline.reap_expired`).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.pipeline import Pipeline
+from edge_runtime.service.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ class Watchdog:
         self.state = "running"
         self.problems: dict[str, str] = {}
         self.stalled_since: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("watchdog", self._run)
 
     def problems_now(self, now: float | None = None) -> dict[str, str]:
         now = time.monotonic() if now is None else now
@@ -113,17 +112,13 @@ class Watchdog:
                 log.exception("status change handler failed")
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop(grace_s=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.cfg.watchdog.check_period_s):
+        while not self._worker.stopping.wait(self.cfg.watchdog.check_period_s):
             try:
                 self.check()
             except Exception:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edge_runtime.errors import GladEdgeError
+from edge_runtime.errors import GladEdgeError, UsageError
 
 
 def add_parsers(sub: argparse._SubParsersAction, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -63,7 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type[argparse.Arg
 def _broker(text: str | None) -> tuple[str, int]:
     host, sep, port = (text or "").rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise GladEdgeError(f"--broker {text!r}: expected HOST:PORT")
+        raise UsageError(f"--broker {text!r}: expected HOST:PORT")
     return host, int(port)
 
 
@@ -89,7 +89,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     if args.config is not None:
         if args.station or args.broker:
-            raise GladEdgeError("--config (offline) excludes --station/--broker (over MQTT)")
+            raise UsageError("--config (offline) excludes --station/--broker (over MQTT)")
         from edge_runtime.service.config import load_config
         from edge_runtime.updates.store import BundleStore
 
@@ -102,7 +102,7 @@ def _rollback(args: argparse.Namespace) -> int:
         print(f"{cfg.station}: the next start runs {prev} (was {cur})")
         return 0
     if not args.station:
-        raise GladEdgeError("give --station and --broker (running station) or --config (stopped station)")
+        raise UsageError("give --station and --broker (running station) or --config (stopped station)")
     from edge_runtime.updates.publisher import send_rollback
 
     status = send_rollback(*_broker(args.broker), args.prefix, args.station, args.wait)
@@ -130,11 +130,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     stations = [args.station] if args.station else _stations(args.stations)
     if not stations or len(set(stations)) != len(stations):
-        raise GladEdgeError("--stations: give distinct station ids, comma-separated")
+        raise UsageError("--stations: give distinct station ids, comma-separated")
     if not 1 <= args.chunk_kb <= 1024:
-        raise GladEdgeError("--chunk-kb must be 1..1024")
+        raise UsageError("--chunk-kb must be 1..1024")
     if args.wave_size < 0:
-        raise GladEdgeError("--wave-size must be >= 0")
+        raise UsageError("--wave-size must be >= 0")
     host, port = _broker(args.broker)
     pub = Publisher(args.bundle, host, port, prefix=args.prefix, chunk_size=args.chunk_kb * 1024,
                     username=args.username, password=os.environ.get(args.password_env), client_id=args.client_id)

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_runtime.service.camera import BackoffTimer
+from edge_runtime.service.backoff import BackoffTimer
 from edge_runtime.service.config import Backoff
 from edge_runtime.service.metrics import ServiceMetrics
+from edge_runtime.service.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ class SignalOutput:
         self.alarm = alarm
         self._q: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue(queue_size)
         self._lock = threading.RLock()  # one connection, shared by the reject worker and the heartbeat
-        self._abort = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"output-{self.name}", self._run)
+        self._abort = self._worker.abort  # set when stop()'s flush time is over: retries give up
         self.connected = False
         self.delivered = 0
         self.dropped = 0
@@ -91,20 +92,11 @@ class SignalOutput:
             self.ensure_connected()
         except Exception as e:  # not fatal: the worker keeps retrying, the alarm says so
             self.mark_down(e)
-        self._thread = threading.Thread(target=self._run, name=f"output-{self.name}", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, flush_s: float = 2.0) -> None:
         """Deliver what is queued (up to ``flush_s``), then close."""
-        if self._thread is not None:
-            try:
-                self._q.put(None, timeout=flush_s)
-            except queue.Full:
-                pass
-            self._thread.join(timeout=flush_s)
-            self._abort.set()
-            self._thread.join(timeout=5.0)
-            self._thread = None
+        self._worker.stop(grace_s=flush_s, wake=self._q, then_s=5.0)
         with self._lock:
             try:
                 self._disconnect()
@@ -124,10 +116,6 @@ class SignalOutput:
             self._alarm("output_dropped", reason="queue full", seq=message.get("seq"),
                         frame_id=message.get("frame_id"))
             return False
-
-    @property
-    def pending(self) -> int:
-        return self._q.qsize()
 
     def beat(self, n: int) -> bool:
         """One heartbeat; False when the link is down (reconnect is attempted, at most once per beat)."""

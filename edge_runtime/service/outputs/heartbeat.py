@@ -8,11 +8,11 @@ is false, nothing is sent: the PLC sees the toggling stop and treats the station
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from edge_runtime.service.metrics import ServiceMetrics
 from edge_runtime.service.outputs import SignalOutput
+from edge_runtime.service.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +26,18 @@ class Heartbeat:
         self.metrics = metrics
         self.beats = 0
         self.paused = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("heartbeat", self._run)
 
     def start(self) -> None:
         if not self.outputs:
             return
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop(grace_s=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
+        while not self._worker.stopping.wait(self.period_s):
             if not self.alive():
                 if not self.paused:
                     log.error("heartbeat stopped: pipeline not alive", extra={"fields": {"event": "heartbeat_stop"}})
