@@ -16,13 +16,15 @@ import logging
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
-
-import numpy as np
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edge_runtime.errors import GladEdgeError
-from edge_runtime.graph_io import Signature
+
+if TYPE_CHECKING:  # the CLI and the service config read the keys: keep importing this module cheap
+    import numpy as np
+    from pydantic import BaseModel
+
+    from edge_runtime.graph_io import Signature
 
 log = logging.getLogger("glad_edge.engines")
 
@@ -34,6 +36,7 @@ BACKENDS: dict[str, str] = {
 }
 AUTO = "auto"
 BACKEND_CHOICES: tuple[str, ...] = (AUTO, *BACKENDS)
+BackendChoice = Literal[BACKEND_CHOICES]  # type: ignore[valid-type]  # for pydantic fields (service config)
 
 
 class Engine(Protocol):
@@ -63,6 +66,8 @@ def options_model(key: str) -> type[BaseModel]:
 
 def parse_options(key: str, options: dict[str, Any]) -> BaseModel:
     """``options`` checked against the backend's model: one line naming what is wrong."""
+    from pydantic import ValidationError
+
     model = options_model(key)
     unknown = sorted(set(options) - set(model.model_fields))
     if unknown:

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.errors import GladEdgeError
-from edge_runtime.result import InspectionResult
+from edge_runtime.result import InspectionResult, Inspector
 from edge_runtime.service.camera import Camera, Frame
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.logs import rfc3339
@@ -193,7 +193,7 @@ def find_regions(anomaly_map: np.ndarray, threshold: float, max_regions: int) ->
 
 
 class Pipeline:
-    def __init__(self, cfg: ServiceConfig, detectors: Sequence[Any], camera: Camera, *, publish: PublishFn,
+    def __init__(self, cfg: ServiceConfig, detectors: Sequence[Inspector], camera: Camera, *, publish: PublishFn,
                  threshold: float, model: dict[str, str], outputs: Sequence[SignalOutput] = (),
                  store: RejectStore | None = None, metrics: ServiceMetrics | None = None,
                  listeners: Sequence[Listener] = (), on_storage_error: StorageErrorFn | None = None,
@@ -335,7 +335,7 @@ class Pipeline:
     def _late(self, part: Part, now: float) -> bool:
         return self.deadline_s is not None and now - part.frame.t0 > self.deadline_s
 
-    def _inspect(self, i: int, det: Any, part: Part) -> None:
+    def _inspect(self, i: int, det: Inspector, part: Part) -> None:
         t0 = time.monotonic()
         if self._late(part, t0):
             self._fail(part, "deadline", f"waited {(t0 - part.frame.t0) * 1000:.0f} ms for inspection "
