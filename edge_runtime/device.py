@@ -99,8 +99,6 @@ class HostDevice:
     """The device protocol on the CPU: ONNX Runtime engines of the bundle, numpy buffers, and ``kernels``
     (None: the CUDA kernel sources compiled for the host, ``kernels.host.HostKernels``)."""
 
-    name = "host emulation"
-
     def __init__(
         self,
         bundle_dir: Path,
@@ -108,6 +106,7 @@ class HostDevice:
         engine_options: dict | None = None,
         schedule_seed: int | None = None,
         kernels: Kernels | None = None,
+        name: str = "host emulation",
     ) -> None:
         from edge_runtime.engines.onnxruntime import OrtEngine
 
@@ -115,8 +114,7 @@ class HostDevice:
             from edge_runtime.kernels.host import HostKernels
 
             kernels = HostKernels(schedule_seed=schedule_seed)
-        else:
-            self.name = "host"
+        self.name = name
         self.kernels = kernels
         self.engines = {}
         self._io: dict[str, EngineIO] = {}

@@ -40,7 +40,7 @@ Options = OrtOptions
 def open_device(bundle_dir: Path, manifest: Manifest, options: OrtOptions) -> HostDevice:
     from edge_runtime.kernels.numpy_kernels import NumpyKernels
 
-    device = HostDevice(bundle_dir, manifest.models, options.model_dump(), kernels=NumpyKernels())
+    device = HostDevice(bundle_dir, manifest.models, options.model_dump(), kernels=NumpyKernels(), name="host")
     check_device_models(bundle_dir, manifest, device)
     return device
 
