@@ -57,6 +57,9 @@ def test_typed_options_reach_the_engines(small_bundle: Path) -> None:
     from edge_runtime import Detector
 
     det = Detector.load(small_bundle, backend="onnxruntime", intra_op_threads=1, inter_op_threads=2)
+    from edge_runtime.kernels.numpy_kernels import NumpyKernels
+
+    assert isinstance(det.pipeline.device.kernels, NumpyKernels)  # onnxruntime never builds the emulated kernels
     session = det.pipeline.device.engines["unet"].session
     assert session.get_session_options().intra_op_num_threads == 1
     assert session.get_session_options().inter_op_num_threads == 2

@@ -140,7 +140,7 @@ def test_available_backends_honours_is_available(monkeypatch: pytest.MonkeyPatch
     assert available_backends() == ["onnxruntime", "cuda-emulation"]
     assert choose_auto(True, tmp_path) == ("onnxruntime", "tensorrt cannot run here (not available on this machine)")
     _standin(monkeypatch, Driver(devices=1))
-    assert available_backends() == ["tensorrt", "onnxruntime", "cuda-emulation"]
+    assert available_backends() == ["onnxruntime", "tensorrt", "cuda-emulation"]
     assert choose_auto(True, tmp_path) == ("tensorrt", None)
     assert choose_auto(False, tmp_path) == ("onnxruntime", "the bundle has no TensorRT engines")
 

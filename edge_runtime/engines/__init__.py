@@ -28,10 +28,10 @@ if TYPE_CHECKING:  # the CLI and the service config read the keys: keep importin
 
 log = logging.getLogger("glad_edge.engines")
 
-# key -> module; the order is auto's order of preference, fastest first.
+# key -> module (``auto`` is not one: ``choose_auto`` picks between tensorrt and onnxruntime)
 BACKENDS: dict[str, str] = {
-    "tensorrt": "edge_runtime.engines.tensorrt",
     "onnxruntime": "edge_runtime.engines.onnxruntime",
+    "tensorrt": "edge_runtime.engines.tensorrt",
     "cuda-emulation": "edge_runtime.engines.cuda_emulation",
 }
 AUTO = "auto"
