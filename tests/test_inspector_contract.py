@@ -1,7 +1,8 @@
 """The one parity contract every registered backend meets (edge_runtime.engines.BACKENDS): on the six parity
 cases (both ADS branches, no ADS, bidirectional with v > 0, object masks, separate adaptive DINO) the Detector
 matches the independent oracle (tests/oracle_glad.py, docs/reference.md), and on the small bundle it agrees
-with the onnxruntime backend: same adaptive step, same model calls, same reconstruction.
+with the onnxruntime backend: same adaptive step, same model calls, same reconstruction. Buffers reused from part
+to part leak nothing, and caller noise applies to that call only.
 
 GPU backends carry the ``gpu`` mark and skip where no GPU exists (scripts/gpu-check.sh makes them fail there
 instead). Nothing is mocked.
@@ -17,6 +18,7 @@ from gpu_required import unavailable
 from parity_cases import CASES, parity_noise
 
 from edge_runtime.engines import BACKENDS, backend_module, unavailable_reason
+from edge_runtime.errors import GladEdgeError
 from edge_runtime.result import InspectionResult, Inspector
 
 SCORE_RTOL = 2e-3  # against the float64-free PyTorch oracle: graph export and kernel order differ
@@ -95,3 +97,33 @@ def test_backend_agrees_with_onnxruntime(backend: str, small_bundle: Path, part_
         assert np.abs(b.reconstruction.astype(int) - a.reconstruction.astype(int)).max() <= 1
         assert set(b.timings_ms) == set(a.timings_ms) >= {"preprocess", "encode", "unet", "decode", "score", "total"}
         assert b.is_anomalous == a.is_anomalous
+
+
+def test_state_does_not_leak_between_parts(backend: str, small_bundle: Path, part_image: np.ndarray,
+                                           tmp_path: Path) -> None:
+    """Buffers are reused from part to part: inspecting B after A gives what B gives alone."""
+    from edge_runtime import Detector
+
+    other = np.full_like(part_image, 128)
+    det = Detector.load(_on_backend(small_bundle, backend, tmp_path / "b"), backend=backend, **OPTIONS[backend])
+    alone = det.inspect(other)
+    det.inspect(part_image)
+    again = det.inspect(other)
+    assert again.score == alone.score and np.array_equal(again.anomaly_map, alone.anomaly_map)
+
+
+def test_caller_noise_applies_to_that_part_only(backend: str, small_bundle: Path, part_image: np.ndarray,
+                                                tmp_path: Path) -> None:
+    """noise= overrides the bundle's noise for one part (checked: a wrong shape is one clear error); the next
+    part without it uses the bundle's again."""
+    from edge_runtime import Detector
+
+    det = Detector.load(_on_backend(small_bundle, backend, tmp_path / "b"), backend=backend, **OPTIONS[backend])
+    default = det.inspect(part_image)
+    other = np.random.default_rng(1).standard_normal(det.manifest.latent_shape).astype(np.float32)
+    custom = det.inspect(part_image, noise=other)
+    assert custom.score != default.score
+    again = det.inspect(part_image)
+    assert again.score == default.score and np.array_equal(again.anomaly_map, default.anomaly_map)
+    with pytest.raises(GladEdgeError, match="noise has shape"):
+        det.inspect(part_image, noise=np.zeros((1, 2, 3), np.float32))

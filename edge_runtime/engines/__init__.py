@@ -96,14 +96,16 @@ def available_backends() -> list[str]:
 
 def choose_auto(has_engines: bool, bundle_dir: Path) -> tuple[str, str | None]:
     """``auto``: tensorrt where the bundle has engines and TensorRT can run, else onnxruntime. Returns the key
-    and, when it fell back, why. Logged either way, so a station that fell back to the CPU says so."""
+    and, when it did not pick tensorrt, why. Logged either way: a warning when the bundle has engines that
+    cannot run here (a GPU box with a broken driver or library must not fall back to the CPU unnoticed)."""
     if not has_engines:
         chosen, why = "onnxruntime", "the bundle has no TensorRT engines"
-    else:
-        reason = unavailable_reason("tensorrt")
-        chosen, why = ("tensorrt", None) if reason is None else ("onnxruntime", f"tensorrt cannot run here ({reason})")
-    if why is None:
-        log.info("backend auto: chose %s for %s", chosen, bundle_dir)
-    else:
-        log.warning("backend auto: chose %s for %s, fell back because %s", chosen, bundle_dir, why)
-    return chosen, why
+        log.info("backend auto: chose %s for %s (%s)", chosen, bundle_dir, why)
+        return chosen, why
+    reason = unavailable_reason("tensorrt")
+    if reason is None:
+        log.info("backend auto: chose tensorrt for %s", bundle_dir)
+        return "tensorrt", None
+    why = f"tensorrt cannot run here ({reason})"
+    log.warning("backend auto: chose onnxruntime for %s, fell back because %s", bundle_dir, why)
+    return "onnxruntime", why
