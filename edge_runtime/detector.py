@@ -26,7 +26,15 @@ class Detector:
         self.pipeline = pipeline
         self.backend = backend
         self.fallback_reason = fallback_reason  # why ``auto`` did not choose tensorrt; None otherwise
-        self.threshold = manifest.threshold
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold ``is_anomalous`` is computed against (the bundle's calibrated one)."""
+        return self.pipeline.threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:  # the loop decides: one place holds the threshold
+        self.pipeline.threshold = value
 
     @property
     def noise(self) -> np.ndarray:
