@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "InspectionResult", "__version__"]
+__all__ = ["Detector", "InspectionResult", "Inspector", "__version__"]
 
 if TYPE_CHECKING:
     from edge_runtime.detector import Detector
-    from edge_runtime.result import InspectionResult
+    from edge_runtime.result import InspectionResult, Inspector
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import edge_runtime` stays cheap for the CLI
@@ -17,8 +17,8 @@ def __getattr__(name: str) -> Any:  # lazy: `import edge_runtime` stays cheap fo
         from edge_runtime.detector import Detector
 
         return Detector
-    if name == "InspectionResult":
-        from edge_runtime.result import InspectionResult
+    if name in ("InspectionResult", "Inspector"):
+        from edge_runtime import result
 
-        return InspectionResult
+        return getattr(result, name)
     raise AttributeError(name)

@@ -20,6 +20,7 @@ from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, format_validation_error
 from edge_runtime.nesting import parse_json
 from edge_runtime.onnx_refs import external_data_locations
+from edge_runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alphas_cumprod
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -70,9 +71,12 @@ class SamplerParams(_Strict):
 
 
 class ScheduleParams(_Strict):
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    num_train_timesteps: int = 1000
+    beta_start: float = BETA_START
+    beta_end: float = BETA_END
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+
+    def alphas_cumprod(self) -> np.ndarray:
+        return alphas_cumprod(self.beta_start, self.beta_end, self.num_train_timesteps)
 
 
 class NoiseEntry(_Strict):

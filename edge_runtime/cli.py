@@ -216,7 +216,9 @@ def _timing_cache(args: argparse.Namespace) -> Path | bool:
 
 
 def _add_runtime_options(p: argparse.ArgumentParser, sampler: bool = True) -> None:
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "cuda-emulation"],
+    from edge_runtime.engines import BACKEND_CHOICES
+
+    p.add_argument("--backend", default="auto", choices=list(BACKEND_CHOICES),
                    help="auto: tensorrt where the bundle has engines and a GPU is present, else onnxruntime; "
                    "cuda-emulation runs the GPU pipeline and kernels on the CPU (slow; for checks)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: one per core)")

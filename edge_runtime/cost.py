@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from edge_runtime.bundle import Manifest
 from edge_runtime.sampler import plan
-from edge_runtime.schedule import alphas_cumprod
 
 
 def graph_flops(manifest: Manifest, role: str, batch: int) -> float:
@@ -17,8 +16,7 @@ def graph_flops(manifest: Manifest, role: str, batch: int) -> float:
 def flops_per_part(manifest: Manifest, checks: int | None = None) -> dict[str, float]:
     """FLOPs by model for one part. ``checks=None`` counts a good part: ADS never fires on its score,
     so every planned check runs (the most expensive case for a good part)."""
-    s = manifest.schedule
-    steps = plan(manifest.glad, manifest.sampler, alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps))
+    steps = plan(manifest.glad, manifest.sampler, manifest.schedule.alphas_cumprod())
     n_checks = sum(st.check for st in steps) if checks is None else checks
     out = {
         "vae_encoder": graph_flops(manifest, "vae_encoder", 1),

@@ -1,11 +1,12 @@
-"""What the device-resident pipeline needs from a GPU, as a small protocol with two implementations:
+"""What the one GLAD loop (``edge_runtime.device_pipeline``) needs from a backend, as a small protocol:
 
 - ``edge_runtime.engines.tensorrt.CudaDevice``: pycuda buffers, one CUDA stream, TensorRT engines and the
   fatbin of ``edge_runtime/kernels`` (the real thing, on a GPU);
-- ``HostDevice`` below: numpy buffers, the ONNX Runtime engines of the same bundle and the very same kernel
-  sources compiled for the host (``edge_runtime.kernels.host``). It runs the device pipeline's orchestration
-  (buffer layout, offsets, kernel arguments, engine chaining) on a CPU, so that logic is tested where no
-  GPU exists. It is slow by design: one emulated GPU thread is one OS thread.
+- ``HostDevice`` below: numpy buffers and the ONNX Runtime engines of the same bundle, with one of two kernel
+  sets: ``kernels.numpy_kernels`` (the ``onnxruntime`` backend: plain numpy, fast) or the very same kernel
+  sources nvcc compiles, built for the host (``kernels.host``; the ``cuda-emulation`` backend). The latter runs
+  the GPU path's kernels and orchestration on a CPU, so that logic is tested where no GPU exists; it is slow
+  by design (one emulated GPU thread is one OS thread).
 
 Buffers are flat allocations with views; a view shares memory with its parent, as a device pointer plus an
 offset does, so engines can write straight into a slice of a larger buffer (no copies between stages).
@@ -90,10 +91,13 @@ class HostBuffer:
         return HostBuffer(self.array[index : index + count])
 
 
-class HostDevice:
-    """The device protocol on the CPU: ONNX Runtime engines of the bundle, kernels compiled for the host."""
+class Kernels(Protocol):
+    def launch(self, name: str, launch: Launch, args: Sequence[np.ndarray | int | float]) -> None: ...
 
-    name = "host emulation"
+
+class HostDevice:
+    """The device protocol on the CPU: ONNX Runtime engines of the bundle, numpy buffers, and ``kernels``
+    (None: the CUDA kernel sources compiled for the host, ``kernels.host.HostKernels``)."""
 
     def __init__(
         self,
@@ -101,11 +105,17 @@ class HostDevice:
         models: Mapping[str, object],
         engine_options: dict | None = None,
         schedule_seed: int | None = None,
+        kernels: Kernels | None = None,
+        name: str = "host emulation",
     ) -> None:
         from edge_runtime.engines.onnxruntime import OrtEngine
-        from edge_runtime.kernels.host import HostKernels
 
-        self.kernels = HostKernels(schedule_seed=schedule_seed)
+        if kernels is None:
+            from edge_runtime.kernels.host import HostKernels
+
+            kernels = HostKernels(schedule_seed=schedule_seed)
+        self.name = name
+        self.kernels = kernels
         self.engines = {}
         self._io: dict[str, EngineIO] = {}
         for role, entry in models.items():

@@ -1,7 +1,10 @@
-"""The GLAD sampler with every tensor resident on the device: frame in, verdict out.
+"""GLAD inference, written once: frame in, verdict out, over the ``Device`` protocol (``edge_runtime.device``).
 
-Same math as ``detector.py``'s host loop (the sampler's DDIM updates are ``axpby`` kernels, the scoring is the
-fused cosine-min kernel), but buffers are allocated once and engines write straight into slices of them, so
+Every backend runs this loop (sampler plan, ADS check/decide/fuse, DDIM updates, final decode, scoring tail,
+call counts, timings); a backend only provides the Device: numpy buffers with numpy kernels (``onnxruntime``),
+numpy buffers with the CUDA kernels built for the host (``cuda-emulation``), or CUDA memory with TensorRT
+engines (``tensorrt``). The sampler's updates are ``axpby`` kernels with coefficients from ``sampler.py``; the
+scoring is the cosine-min kernel. Buffers are allocated once and engines write straight into slices of them, so
 nothing crosses to the host between stages. What returns per part: the ADS patch map at each check (P floats,
 the branch needs it), the per-layer cosine-min vectors (L x directions x P floats) and, when asked, the
 reconstruction. The cheap O(R^2) tail (upsample, blur, object mask, top-k) runs on the host with the same
@@ -13,7 +16,6 @@ CUDA graph and replays it (the scalars of a step are fixed per step index, and b
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -25,8 +27,7 @@ from edge_runtime.errors import GladEdgeError
 from edge_runtime.kernels import launch as kl
 from edge_runtime.preprocess import resize_rgb, to_model_input, to_rgb8
 from edge_runtime.result import InspectionResult, anomalous
-from edge_runtime.sampler import plan
-from edge_runtime.schedule import alphas_cumprod
+from edge_runtime.sampler import ddim_coeffs, noise_coeffs, plan, x0_coeffs
 
 
 class DevicePipeline:
@@ -36,8 +37,7 @@ class DevicePipeline:
         self.device = device
         self.manifest = manifest
         g = self.glad = manifest.glad
-        s = manifest.schedule
-        self.abar = alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps)
+        self.abar = manifest.schedule.alphas_cumprod()
         self.steps = plan(g, manifest.sampler, self.abar)
         self.threshold = manifest.threshold
         latent = tuple(manifest.latent_shape)  # [1, C, h, w]
@@ -114,8 +114,8 @@ class DevicePipeline:
                                     "(rebuild the engines from this bundle's ONNX)")
 
     # -- kernels ------------------------------------------------------------------------------------
-    def _axpby(self, out: Buffer, x: Buffer, y: Buffer, a: float, b: float) -> None:
-        self.device.launch("axpby_f32", kl.elementwise(self.n_latent), [out, x, y, a, b, self.n_latent])
+    def _axpby(self, out: Buffer, x: Buffer, y: Buffer, ab: tuple[float, float]) -> None:
+        self.device.launch("axpby_f32", kl.elementwise(self.n_latent), [out, x, y, ab[0], ab[1], self.n_latent])
 
     def _cosine_min(self, a: Buffer, b: Buffer, out: Buffer, layers: int, p: int, dim: int, directions: int) -> None:
         kernel = "cosine_min_f16" if np.dtype(a.dtype) == np.float16 else "cosine_min_f32"
@@ -133,13 +133,13 @@ class DevicePipeline:
             s = float(self.glad.guidance_scale)
             d.launch("axpby_f32", kl.elementwise(self.n_latent),
                      [self.eps, self.eps_pair.view(0), self.eps_pair.view(1), 1.0 - s, s, self.n_latent])
-        self._axpby(self.x0_pair.view(1), self.x_t, self.eps, 1 / math.sqrt(a_t), -math.sqrt(1 - a_t) / math.sqrt(a_t))
+        self._axpby(self.x0_pair.view(1), self.x_t, self.eps, x0_coeffs(a_t))
 
     def _check_prepare(self, a_t: float) -> None:
         """x0 of the noised input with the same eps (a released quirk), both decoded, adaptive features, ADS map."""
         x0_in = self.x0_pair.view(0)
-        self._axpby(x0_in, self.z0, self.noise, math.sqrt(a_t), math.sqrt(1 - a_t))
-        self._axpby(x0_in, x0_in, self.eps, 1 / math.sqrt(a_t), -math.sqrt(1 - a_t) / math.sqrt(a_t))
+        self._axpby(x0_in, self.z0, self.noise, noise_coeffs(a_t))
+        self._axpby(x0_in, x0_in, self.eps, x0_coeffs(a_t))
         self.device.run_engine("vae_decoder", {"latent": self.x0_pair}, {"image": self.check_images})
         self.device.run_engine("dino_adaptive", {"image": self.check_images}, {"features": self.ad_feats})
         self._cosine_min(self.ad_feats.view(0), self.ad_feats.view(1), self.ad_map, 1, self.ad_p, self.ad_d, 1)
@@ -149,7 +149,7 @@ class DevicePipeline:
             hw, c = self.latent_hw, self.latent_c
             self.device.launch("blend_f32", kl.elementwise(c * hw),
                                [x0, self.x0_pair.view(1), self.x0_pair.view(0), self.m_latent, c, hw])
-        self._axpby(self.x_t, x0, self.eps, math.sqrt(a_prev), math.sqrt(1 - a_prev))
+        self._axpby(self.x_t, x0, self.eps, ddim_coeffs(a_prev))
 
     def inspect(self, image: np.ndarray, noise: np.ndarray | None = None, with_images: bool = True) -> InspectionResult:
         with self.device.current():  # one context push for the whole part, on whichever thread inspects
@@ -171,8 +171,7 @@ class DevicePipeline:
         t0 = _lap(timings, "preprocess", t0)
 
         d.run_engine("vae_encoder", {"image": self.images.view(0)}, {"latent": self.z0})
-        a_d = float(self.abar[g.denoise_step])
-        self._axpby(self.x_t, self.z0, self.noise, math.sqrt(a_d), math.sqrt(1 - a_d))
+        self._axpby(self.x_t, self.z0, self.noise, noise_coeffs(float(self.abar[g.denoise_step])))
         calls["vae_encode"] += 1
         d.synchronize()
         t0 = _lap(timings, "encode", t0)

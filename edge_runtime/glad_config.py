@@ -55,8 +55,9 @@ class GladConfig(BaseModel):
     @property
     def timesteps(self) -> list[int]:
         """t_k = k*r + 1 for k = N-1..0 with r = T_d // N (docs/reference.md, noise schedule)."""
-        r = self.denoise_step // self.inference_steps
-        return [k * r + 1 for k in range(self.inference_steps - 1, -1, -1)]
+        from edge_runtime.schedule import timesteps
+
+        return timesteps(self.denoise_step, self.inference_steps)
 
     @property
     def step_ratio(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,3 +29,11 @@ def anomalous(score: float, threshold: float | None) -> bool | None:
     if not (math.isfinite(score) and math.isfinite(threshold)):
         return True
     return bool(score > threshold)
+
+
+@runtime_checkable
+class Inspector(Protocol):
+    """What inspects a part: the Detector on any backend, or anything that wraps one (the service, tests and
+    the demo type against this, not against a backend)."""
+
+    def inspect(self, image: np.ndarray, noise: np.ndarray | None = None) -> InspectionResult: ...

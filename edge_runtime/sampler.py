@@ -1,5 +1,5 @@
 """The GLAD sampler as pure array math: DDIM steps, the ADS/SAFF decision, and the step plans of
-the exact and fast samplers. No model is called here; ``detector.py`` runs the loop."""
+the exact and fast samplers. No model is called here; ``device_pipeline.py`` runs the loop."""
 
 from __future__ import annotations
 
@@ -57,14 +57,34 @@ def plan(glad: GladConfig, params: SamplerParams, abar: np.ndarray) -> list[Step
     return out
 
 
+# Every update of the sampler is out = a * x + b * y (one axpby kernel on a device); these give (a, b).
+def noise_coeffs(a: float) -> tuple[float, float]:
+    """x_t = sqrt(a) z0 + sqrt(1 - a) noise."""
+    return math.sqrt(a), math.sqrt(1 - a)
+
+
+def x0_coeffs(a_t: float) -> tuple[float, float]:
+    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) = x_t / sqrt(a_t) - sqrt(1 - a_t) / sqrt(a_t) eps."""
+    return 1 / math.sqrt(a_t), -math.sqrt(1 - a_t) / math.sqrt(a_t)
+
+
+def ddim_coeffs(a_prev: float) -> tuple[float, float]:
+    """Deterministic DDIM (eta = 0): x_{t-r} = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps."""
+    return math.sqrt(a_prev), math.sqrt(1 - a_prev)
+
+
+def _axpby(x: np.ndarray, y: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+    return (ab[0] * x + ab[1] * y).astype(np.float32)
+
+
 def noised(z0: np.ndarray, noise: np.ndarray, a: float) -> np.ndarray:
-    return (math.sqrt(a) * z0 + math.sqrt(1 - a) * noise).astype(np.float32)
+    return _axpby(z0, noise, noise_coeffs(a))
 
 
 def predict_x0(x_t: np.ndarray, eps: np.ndarray, a_t: float) -> np.ndarray:
-    return ((x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).astype(np.float32)
+    return _axpby(x_t, eps, x0_coeffs(a_t))
 
 
 def ddim_step(x0: np.ndarray, eps: np.ndarray, a_prev: float) -> np.ndarray:
     """Deterministic DDIM (eta = 0): x_{t-r} from the x0 estimate and the model's eps."""
-    return (math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps).astype(np.float32)
+    return _axpby(x0, eps, ddim_coeffs(a_prev))

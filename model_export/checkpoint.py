@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, fixed_noise, load_glad_config
-from edge_runtime.schedule import alphas_cumprod
+from edge_runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alphas_cumprod
 from model_export.dino import DinoViT, load_dino, save_dino
 
 SD_SCALING_FACTOR = 0.18215
@@ -56,9 +56,9 @@ class Checkpoint:
         if schedule != "scaled_linear":
             raise GladEdgeError(f"scheduler/scheduler_config.json: beta_schedule {schedule!r} is not scaled_linear")
         return alphas_cumprod(
-            float(sc.get("beta_start", 0.00085)),
-            float(sc.get("beta_end", 0.012)),
-            int(sc.get("num_train_timesteps", 1000)),
+            float(sc.get("beta_start", BETA_START)),
+            float(sc.get("beta_end", BETA_END)),
+            int(sc.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS)),
         )
 
     def default_noise(self) -> np.ndarray:
@@ -156,9 +156,9 @@ def save_checkpoint(ckpt: Checkpoint, directory: str | Path) -> Path:
 def sd_scheduler_config() -> dict:
     """Stable Diffusion 1.4's DDIM configuration."""
     return {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
+        "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+        "beta_start": BETA_START,
+        "beta_end": BETA_END,
         "beta_schedule": "scaled_linear",
         "clip_sample": False,
         "set_alpha_to_one": False,

@@ -179,11 +179,10 @@ def sampler_table(bundle: Path, variants: list[tuple[int, int]]) -> list[dict[st
     from edge_runtime.bundle import read_manifest
     from edge_runtime.cost import flops_per_part
     from edge_runtime.sampler import plan, sampler_params
-    from edge_runtime.schedule import alphas_cumprod
 
     manifest = read_manifest(bundle, verify=False)
-    glad, s = manifest.glad, manifest.schedule
-    abar = alphas_cumprod(s.beta_start, s.beta_end, s.num_train_timesteps)
+    glad = manifest.glad
+    abar = manifest.schedule.alphas_cumprod()
     rows = []
     configs = [("exact", sampler_params(glad, "exact")), ("fast (defaults)", sampler_params(glad, "fast"))]
     configs += [(f"fast {n}:{k}", sampler_params(glad, "fast", n, k)) for n, k in variants]

@@ -133,13 +133,16 @@ def test_kernels_for_no_architecture_of_this_gpu_are_refused(monkeypatch: pytest
     assert d.calls == [] and d.stack() == []
 
 
-def test_available_backends_honours_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_runtime.engines import available_backends
+def test_available_backends_honours_is_available(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from edge_runtime.engines import available_backends, choose_auto
 
     _standin(monkeypatch, Driver(devices=0))  # pycuda and TensorRT import, but no GPU is visible
-    assert available_backends() == ["onnxruntime"]
+    assert available_backends() == ["onnxruntime", "cuda-emulation"]
+    assert choose_auto(True, tmp_path) == ("onnxruntime", "tensorrt cannot run here (not available on this machine)")
     _standin(monkeypatch, Driver(devices=1))
-    assert available_backends() == ["onnxruntime", "tensorrt"]
+    assert available_backends() == ["onnxruntime", "tensorrt", "cuda-emulation"]
+    assert choose_auto(True, tmp_path) == ("tensorrt", None)
+    assert choose_auto(False, tmp_path) == ("onnxruntime", "the bundle has no TensorRT engines")
 
 
 def test_tensorrt_rtx_runtime_cache_is_kept_beside_the_engines(monkeypatch: pytest.MonkeyPatch, small_bundle: Path,

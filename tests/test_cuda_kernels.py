@@ -23,6 +23,7 @@ from edge_runtime import adaptive, sampler
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.kernels import launch as kl
 from edge_runtime.kernels.host import HostKernels, build_host_library, find_cxx
+from edge_runtime.kernels.numpy_kernels import NumpyKernels
 from edge_runtime.scoring import imagenet_normalise, resize_ac
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,16 @@ F16_VS_F32_ATOL = 2e-3
 @pytest.fixture(scope="module")
 def host() -> HostKernels:
     return HostKernels()
+
+
+Kernels = HostKernels | NumpyKernels
+
+
+@pytest.fixture(scope="module", params=["host", "numpy"])
+def kernels(request: pytest.FixtureRequest, host: HostKernels) -> Kernels:
+    """The sampler kernels as the CUDA sources built for the host (cuda-emulation) and as the numpy versions
+    the onnxruntime backend launches: both must meet the same checks."""
+    return host if request.param == "host" else NumpyKernels()
 
 
 def _cu_sources() -> str:
@@ -236,35 +247,35 @@ def test_a_missing_barrier_is_caught(
 # -- elementwise kernels against sampler.py, adaptive.py, scoring.py ----------------------------------------
 
 
-def _axpby(host: HostKernels, x: np.ndarray, y: np.ndarray, a: float, b: float, out: np.ndarray | None = None):
+def _axpby(kernels: Kernels, x: np.ndarray, y: np.ndarray, a: float, b: float, out: np.ndarray | None = None):
     out = np.empty_like(x) if out is None else out
-    host.launch("axpby_f32", kl.elementwise(x.size), [out, x, y, a, b, x.size])
+    kernels.launch("axpby_f32", kl.elementwise(x.size), [out, x, y, a, b, x.size])
     return out
 
 
 @pytest.mark.parametrize("shape", [(1,), (255,), (257,), (1, 4, 9, 11), (1, 4, 33, 45)])
-def test_axpby_is_the_ddim_update(host: HostKernels, shape: tuple[int, ...]) -> None:
+def test_axpby_is_the_ddim_update(kernels: Kernels, shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(len(shape) * 100 + shape[-1])
     z0, noise, eps = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
     a_t, a_prev = 0.31, 0.83
     # noised and ddim_step are a float32 multiply-multiply-add: bit for bit.
-    x_t = _axpby(host, z0, noise, math.sqrt(a_t), math.sqrt(1 - a_t))
+    x_t = _axpby(kernels, z0, noise, math.sqrt(a_t), math.sqrt(1 - a_t))
     np.testing.assert_array_equal(x_t, sampler.noised(z0, noise, a_t))
-    x0 = _axpby(host, x_t, eps, 1 / math.sqrt(a_t), -math.sqrt(1 - a_t) / math.sqrt(a_t))
+    x0 = _axpby(kernels, x_t, eps, 1 / math.sqrt(a_t), -math.sqrt(1 - a_t) / math.sqrt(a_t))
     np.testing.assert_allclose(x0, sampler.predict_x0(x_t, eps, a_t), rtol=2e-6, atol=2e-6)
     np.testing.assert_array_equal(
-        _axpby(host, x0, eps, math.sqrt(a_prev), math.sqrt(1 - a_prev)), sampler.ddim_step(x0, eps, a_prev)
+        _axpby(kernels, x0, eps, math.sqrt(a_prev), math.sqrt(1 - a_prev)), sampler.ddim_step(x0, eps, a_prev)
     )
     inplace = x0.copy()
-    _axpby(host, inplace, eps, math.sqrt(a_prev), math.sqrt(1 - a_prev), out=inplace)  # out aliases x
+    _axpby(kernels, inplace, eps, math.sqrt(a_prev), math.sqrt(1 - a_prev), out=inplace)  # out aliases x
     np.testing.assert_array_equal(inplace, sampler.ddim_step(x0, eps, a_prev))
 
 
-def test_axpby_grid_stride_covers_a_small_grid(host: HostKernels) -> None:
+def test_axpby_grid_stride_covers_a_small_grid(kernels: Kernels) -> None:
     x = np.arange(2000, dtype=np.float32)
     y = np.ones(2000, np.float32)
     out = np.zeros(2000, np.float32)
-    host.launch("axpby_f32", kl.Launch(grid=(3, 1, 1), block=(64, 1, 1), shared=0), [out, x, y, 2.0, 3.0, 2000])
+    kernels.launch("axpby_f32", kl.Launch(grid=(3, 1, 1), block=(64, 1, 1), shared=0), [out, x, y, 2.0, 3.0, 2000])
     np.testing.assert_array_equal(out, 2 * x + 3)
 
 
@@ -274,21 +285,21 @@ def _saff_mask(m_patch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("channels", "h", "w", "g"), [(4, 16, 16, 8), (3, 13, 9, 5), (1, 1, 1, 1)])
-def test_blend_is_saff(host: HostKernels, channels: int, h: int, w: int, g: int) -> None:
+def test_blend_is_saff(kernels: Kernels, channels: int, h: int, w: int, g: int) -> None:
     rng = np.random.default_rng(h * w)
     x_rec, x_in = (rng.standard_normal((1, channels, h, w)).astype(np.float32) for _ in range(2))
     m_patch = rng.uniform(0, 2, g * g).astype(np.float32)
     expected = adaptive.fuse(x_rec, x_in, m_patch)
     m = np.ascontiguousarray(_saff_mask(m_patch, (h, w)), np.float32)
     out = np.empty_like(x_rec)
-    host.launch("blend_f32", kl.elementwise(channels * h * w), [out, x_rec, x_in, m, channels, h * w])
+    kernels.launch("blend_f32", kl.elementwise(channels * h * w), [out, x_rec, x_in, m, channels, h * w])
     np.testing.assert_array_equal(out, expected)
     # the mask resized on the device too (scale 1, shift 0), then blended in place over x_rec
     sig = (1.0 / (1.0 + np.exp(-m_patch))).reshape(1, 1, g, g).astype(np.float32)
     m_dev = np.empty((1, 1, h, w), np.float32)
     ones, zeros = np.ones(1, np.float32), np.zeros(1, np.float32)
-    host.launch("resize_affine_f32", kl.resize(1, 1, h, w), [sig, m_dev, 1, 1, g, g, h, w, ones, zeros])
-    host.launch("blend_f32", kl.elementwise(channels * h * w), [x_rec, x_rec, x_in, m_dev, channels, h * w])
+    kernels.launch("resize_affine_f32", kl.resize(1, 1, h, w), [sig, m_dev, 1, 1, g, g, h, w, ones, zeros])
+    kernels.launch("blend_f32", kl.elementwise(channels * h * w), [x_rec, x_rec, x_in, m_dev, channels, h * w])
     np.testing.assert_allclose(x_rec, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -306,7 +317,7 @@ RESIZES = [
 
 @pytest.mark.parametrize(("src", "dst"), RESIZES, ids=[f"{s[0]}x{s[1]}-{d[0]}x{d[1]}" for s, d in RESIZES])
 def test_resize_affine_is_resize_then_imagenet_normalise(
-    host: HostKernels, src: tuple[int, int], dst: tuple[int, int]
+    kernels: Kernels, src: tuple[int, int], dst: tuple[int, int]
 ) -> None:
     rng = np.random.default_rng(src[0] * 7 + dst[1])
     n, c = 2, 3
@@ -314,22 +325,22 @@ def test_resize_affine_is_resize_then_imagenet_normalise(
     mean, std = (np.array(v, np.float32) for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
     scale, shift = (0.5 / std).astype(np.float32), ((0.5 - mean) / std).astype(np.float32)
     out = np.empty((n, c, *dst), np.float32)
-    host.launch("resize_affine_f32", kl.resize(n, c, *dst), [x, out, n, c, *src, *dst, scale, shift])
+    kernels.launch("resize_affine_f32", kl.resize(n, c, *dst), [x, out, n, c, *src, *dst, scale, shift])
     np.testing.assert_allclose(out, imagenet_normalise(resize_ac(x, dst)), rtol=1e-5, atol=1e-5)
     plain = np.empty_like(out)
     one, zero = np.ones(c, np.float32), np.zeros(c, np.float32)
-    host.launch("resize_affine_f32", kl.resize(n, c, *dst), [x, plain, n, c, *src, *dst, one, zero])
+    kernels.launch("resize_affine_f32", kl.resize(n, c, *dst), [x, plain, n, c, *src, *dst, one, zero])
     np.testing.assert_allclose(plain, resize_ac(x, dst), rtol=1e-6, atol=1e-6)
     if src == dst:
         np.testing.assert_array_equal(plain, x)
 
 
 @pytest.mark.parametrize(("c", "h", "w"), [(3, 1, 1), (3, 33, 45), (1, 16, 16), (5, 7, 3)])
-def test_absdiff_channel_mean_is_the_pixel_term(host: HostKernels, c: int, h: int, w: int) -> None:
+def test_absdiff_channel_mean_is_the_pixel_term(kernels: Kernels, c: int, h: int, w: int) -> None:
     rng = np.random.default_rng(c * h * w)
     a, b = (rng.standard_normal((c, h, w)).astype(np.float32) for _ in range(2))
     out = np.empty((h, w), np.float32)
-    host.launch("absdiff_channel_mean_f32", kl.elementwise(h * w), [a, b, out, c, h * w])
+    kernels.launch("absdiff_channel_mean_f32", kl.elementwise(h * w), [a, b, out, c, h * w])
     np.testing.assert_allclose(out, np.abs(a - b).mean(axis=0), rtol=1e-6, atol=0)
 
 

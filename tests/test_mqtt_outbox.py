@@ -608,13 +608,19 @@ def test_last_will_and_birth(broker: Broker, subscribers: Callable[..., Subscrib
     wait_for(lambda: s2.last(), what="retained will")
     assert s2.retained[0] and s2.last()["state"] == "offline" and s2.last()["station"] == "st1"
     # the station comes back: birth again
-    link = MqttLink(link_config(broker.port, tmp_path / "o.sqlite3"), "st1")
+    link = MqttLink(link_config(broker.port, tmp_path / "o.sqlite3"), "st1", backend="onnxruntime",
+                    backend_fallback="the bundle has no TensorRT engines")
     link.start()
     try:
         wait_for(lambda: s2.last()["state"] == "online", what="birth after restart")
         link.set_status("degraded", camera_fps=3.5)
         wait_for(lambda: s2.last()["state"] == "degraded", what="set_status")
         assert s2.last()["camera_fps"] == 3.5
+        # the backend in use (and why auto fell back) stays on the status whatever set_status sets
+        assert s2.last()["backend"] == "onnxruntime"
+        assert s2.last()["backend_fallback"] == "the bundle has no TensorRT engines"
+        with pytest.raises(ValueError, match="set by the link"):
+            link.set_status("running", backend="tensorrt")
     finally:
         link.stop()
     wait_for(lambda: s2.last()["state"] == "offline", what="offline on a clean stop")

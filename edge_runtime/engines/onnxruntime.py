@@ -1,18 +1,53 @@
-"""ONNX Runtime backend, tuned for small boxes: explicit thread counts, no spinning by default
-(spinning threads measured 2.5x slower on a 2-core machine with other work running)."""
+"""``onnxruntime``: the bundle's ONNX graphs on ONNX Runtime, numpy buffers and numpy kernels. Tuned for small
+boxes: explicit thread counts, no spinning by default (spinning threads measured 2.5x slower on a 2-core
+machine with other work running)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from edge_runtime.bundle import Manifest
+from edge_runtime.device import HostDevice
 from edge_runtime.errors import GladEdgeError
-from edge_runtime.graph_io import Signature
+from edge_runtime.graph_io import Signature, check_models
+
+KEY = "onnxruntime"
+GPU = False  # needs a CUDA GPU (tests mark it gpu)
 
 GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                     "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OrtOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    intra_op_threads: int = Field(0, ge=0, le=256, description="threads inside one operator (0: one per core)")
+    inter_op_threads: int = Field(1, ge=1, le=256, description="operators run in parallel")
+    allow_spinning: bool = Field(False, description="let idle threads spin (faster only on an otherwise idle box)")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    providers: tuple[Literal["cpu", "cuda", "tensorrt"], ...] = Field(
+        ("cpu",), min_length=1, description="ONNX Runtime execution providers, in order of preference")
+
+
+Options = OrtOptions
+
+
+def open_device(bundle_dir: Path, manifest: Manifest, options: OrtOptions) -> HostDevice:
+    from edge_runtime.kernels.numpy_kernels import NumpyKernels
+
+    device = HostDevice(bundle_dir, manifest.models, options.model_dump(), kernels=NumpyKernels(), name="host")
+    check_device_models(bundle_dir, manifest, device)
+    return device
+
+
+def check_device_models(bundle_dir: Path, manifest: Manifest, device: HostDevice) -> None:
+    """The loaded graphs' inputs and outputs against what the manifest declares."""
+    check_models(bundle_dir, manifest, {role: e.signature() for role, e in device.engines.items()})
 
 
 def is_available() -> bool:

@@ -32,8 +32,9 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from edge_runtime.bundle import Manifest, ModelEntry
+from edge_runtime.bundle import MODEL_ROLES, Manifest, ModelEntry
 from edge_runtime.device import EngineIO
 from edge_runtime.engine_target import check_target, engine_validity
 from edge_runtime.errors import GladEdgeError
@@ -45,6 +46,28 @@ LIBRARIES = ("tensorrt", "tensorrt_rtx")
 
 
 ALIGNMENT = 256  # bytes: TensorRT's requirement for every I/O tensor address (set_tensor_address)
+
+
+KEY = "tensorrt"
+GPU = True  # needs a CUDA GPU (tests mark it gpu)
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_index: int = Field(0, ge=0, description="CUDA device to run on")
+    cuda_graphs: bool = Field(True, description="record each segment of the loop once and replay it")
+    runtime_cache: Path | bool | None = Field(
+        None, description="TensorRT-RTX JIT kernel cache file (None: beside the engines; False: none)")
+
+
+def open_device(bundle_dir: Path, manifest: Manifest, options: Options) -> CudaDevice:
+    missing = [r for r in MODEL_ROLES if r not in manifest.engines]
+    if missing:
+        raise GladEdgeError(f"{bundle_dir / 'manifest.json'}: no TensorRT engines for {missing} "
+                            "(glad-edge build-engines BUNDLE)")
+    return CudaDevice(bundle_dir, manifest, device_index=options.device_index, cuda_graphs=options.cuda_graphs,
+                      runtime_cache=options.runtime_cache)
 
 
 def is_available() -> bool:

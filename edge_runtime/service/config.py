@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_runtime.engines import BackendChoice
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from edge_runtime.nesting import MAX_DEPTH, check_depth
@@ -82,7 +83,8 @@ class CameraConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    backend: BackendChoice = Field("auto", description="inference backend (edge_runtime/engines/); auto: tensorrt "
+                                   "where it can run, else onnxruntime")
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0: one per core)")
     providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(default_factory=lambda: ["cpu"], min_length=1)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"

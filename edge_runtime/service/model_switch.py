@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from edge_runtime.result import Inspector
+
 
 class ModelGate:
     def __init__(self) -> None:
@@ -61,7 +63,7 @@ class OutputBarrier:
         self.done = threading.Event()
 
 
-def switch_model(pipeline: Any, detectors: Sequence[Any], threshold: float, model: dict[str, str],
+def switch_model(pipeline: Any, detectors: Sequence[Inspector], threshold: float, model: dict[str, str],
                  timeout: float) -> None:
     """Make ``detectors`` (fully loaded and checked) inspect every later part; see the module docstring."""
     if len(detectors) != len(pipeline.detectors):

@@ -4,7 +4,8 @@ Topics (``<prefix>`` = ``MqttConfig.topic_prefix``; see docs/contracts.md, "MQTT
 
 - ``<prefix>/<station>/verdict``: one JSON object per part, QoS >= 1, not retained.
 - ``<prefix>/<station>/status``: retained JSON ``{"schema": 1, "station", "camera", "state", "ts", "model",
-  "heartbeat_s", "uptime_s", "outbox_pending", "last_seq", ...}``; published on every connect (birth,
+  "backend" (and "backend_fallback" when ``auto`` fell back), "heartbeat_s", "uptime_s", "outbox_pending",
+  "last_seq", ...}``; published on every connect (birth,
   ``state`` is ``"online"`` unless :meth:`MqttLink.set_status` set another), every ``heartbeat_s``, and on
   each :meth:`MqttLink.set_status`. The Last Will is the retained ``{"state": "offline", ...}``; a clean
   :meth:`MqttLink.stop` publishes it itself.
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = 1
 TRIGGER_QUEUE_SIZE = 1024  # a burst of triggers waits here rather than being refused; 16 kB each at most
-_RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts"})
+_RESERVED_STATUS_KEYS = frozenset({"schema", "station", "camera", "state", "ts", "backend", "backend_fallback"})
 _STATUS_SLACK = 64  # paho message-store room kept for status messages on top of the verdict window
 
 
@@ -113,8 +114,12 @@ class MqttLink:
         on_storage_error: Callable[[BaseException], bool] | None = None,
         limits: LimitsConfig | None = None,
         on_refused: Callable[[str, str], None] | None = None,
+        backend: str | None = None,
+        backend_fallback: str | None = None,
     ) -> None:
         self.config = config
+        self.backend = backend  # the inference backend in use, and why ``auto`` fell back (None: it did not)
+        self.backend_fallback = backend_fallback
         self._on_storage_error = on_storage_error
         self.station = check_station(station)
         self.camera = camera
@@ -356,6 +361,7 @@ class MqttLink:
             "state": state,
             "ts": utc_now(),
             "model": self.model,
+            "backend": self.backend,
             "heartbeat_s": self.config.heartbeat_s,
             "uptime_s": round(time.monotonic() - (self._started_at or time.monotonic()), 1),
         }
@@ -364,6 +370,8 @@ class MqttLink:
             body["last_seq"] = self.outbox.last_seq()
         except (OutboxError, sqlite3.Error):  # a corrupt outbox: the status still goes out, stalled
             pass
+        if self.backend_fallback is not None:
+            body["backend_fallback"] = self.backend_fallback
         body.update(fields)
         return encode_message(body)
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.result import InspectionResult
+from edge_runtime.result import InspectionResult, Inspector
 from edge_runtime.service.bounded_queue import CLOSED, BoundedQueue
 from edge_runtime.service.camera import Camera
 from edge_runtime.service.config import ServiceConfig
@@ -76,7 +76,7 @@ class Part:
 
 
 class Pipeline:
-    def __init__(self, cfg: ServiceConfig, detectors: Sequence[Any], camera: Camera, *, publish: PublishFn,
+    def __init__(self, cfg: ServiceConfig, detectors: Sequence[Inspector], camera: Camera, *, publish: PublishFn,
                  threshold: float, model: dict[str, str], outputs: Sequence[SignalOutput] = (),
                  store: RejectStore | None = None, metrics: ServiceMetrics | None = None,
                  listeners: Sequence[Listener] = (), on_storage_error: StorageErrorFn | None = None,
@@ -218,7 +218,7 @@ class Pipeline:
     def _late(self, part: Part, now: float) -> bool:
         return self.deadline_s is not None and now - part.frame.t0 > self.deadline_s
 
-    def _inspect(self, i: int, det: Any, part: Part) -> None:
+    def _inspect(self, i: int, det: Inspector, part: Part) -> None:
         t0 = time.monotonic()
         if self._late(part, t0):
             self._fail(part, "deadline", f"waited {(t0 - part.frame.t0) * 1000:.0f} ms for inspection "

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from edge_runtime.service.storage_guard import StorageGuard
 from edge_runtime.service.threshold import decide_threshold
 from edge_runtime.service.watchdog import Watchdog
 from edge_runtime.updates.store import model_version
+
+if TYPE_CHECKING:  # imported inside load_detectors: the service module loads without the inference stack
+    from edge_runtime.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ def outbox_path(cfg: ServiceConfig) -> Path:
     return cfg.storage.state_dir / "outbox.sqlite3"
 
 
-def load_detectors(cfg: ServiceConfig) -> list[Any]:
+def load_detectors(cfg: ServiceConfig) -> list[Detector]:
     from edge_runtime.detector import Detector
     from edge_runtime.sampler import sampler_params
 
@@ -154,7 +157,7 @@ class Service:
     uncalibrated bundle, replay source missing); a live camera or a broker that is away is retried."""
 
     def __init__(self, cfg: ServiceConfig, *, listeners: Sequence[Listener] = (), setup_logs: bool = True,
-                 detectors: Sequence[Any] | None = None) -> None:
+                 detectors: Sequence[Detector] | None = None) -> None:
         self.cfg = cfg
         self.listeners = list(listeners)
         self.setup_logs = setup_logs
@@ -251,7 +254,8 @@ class Service:
             try:
                 self.link = MqttLink(cfg.mqtt, cfg.station, camera=cfg.camera.name, on_trigger=on_trigger,
                                      model=model, outbox=outbox, on_storage_error=self.guard.report,
-                                     limits=cfg.limits, on_refused=self._on_trigger_refused)
+                                     limits=cfg.limits, on_refused=self._on_trigger_refused,
+                                     backend=det.backend, backend_fallback=det.fallback_reason)
             except BaseException:
                 outbox.close()
                 raise
