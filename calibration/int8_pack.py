@@ -59,7 +59,8 @@ def write_int8_pack(det: Detector, images: Sequence[Path], out: str | Path, *, m
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise GladEdgeError(f"{out}: INT8 pack folder exists and is not empty")
-    if det.pipeline is not None:
+    engines = getattr(det.pipeline.device, "engines", None)
+    if not isinstance(engines, dict):  # a HostDevice's engines take numpy feeds; device engines do not
         raise GladEdgeError("the INT8 pack is recorded on the onnxruntime backend")
     if not images:
         raise GladEdgeError("no images for the INT8 pack")
@@ -70,19 +71,22 @@ def write_int8_pack(det: Detector, images: Sequence[Path], out: str | Path, *, m
     recorders = {}
     for role in MODEL_ROLES:
         (tmp / role).mkdir(parents=True)
-        recorders[role] = _Recorder(det.engines[role], role, tmp, calls[role])
-    recording = Detector(det.bundle_dir, det.manifest, recorders, det.noise, backend=det.backend)  # type: ignore[arg-type]
+        recorders[role] = _Recorder(engines[role], role, tmp, calls[role])
     chosen = list(images)[:max_images]
-    for path in tqdm(chosen, desc="int8 pack", disable=not progress, unit="img"):
-        for r in recorders.values():
-            r.image = path.name
-        recording.inspect(load_image(path))
+    engines.update(recorders)  # the same loop, its engine calls recorded; the real engines are put back after
+    try:
+        for path in tqdm(chosen, desc="int8 pack", disable=not progress, unit="img"):
+            for r in recorders.values():
+                r.image = path.name
+            det.inspect(load_image(path))
+    finally:
+        engines.update({role: r.engine for role, r in recorders.items()})
     m = det.manifest
     index = {
         "format": FORMAT,
         "bundle_version": m.bundle_version,
         "sampler": m.sampler.model_dump(),
-        "timesteps": [s.t for s in det.steps],
+        "timesteps": [s.t for s in det.pipeline.steps],
         "images": [p.name for p in chosen],
         "graphs": {role: {"model": m.models[role].file, "inputs": m.models[role].inputs, "calls": calls[role]}
                    for role in MODEL_ROLES},

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from calibration.metrics import i_auroc, p_auroc, resize_mask_nearest
 from edge_runtime.bundle import Manifest
 from edge_runtime.detector import Detector
+from edge_runtime.device_pipeline import DevicePipeline
 from edge_runtime.glad_config import GladConfig, format_validation_error
 
 SEARCHABLE = ("input_threshold", "min_step", "denoise_step", "inference_steps")
@@ -81,11 +82,9 @@ def apply_params(manifest: Manifest, params: Params) -> Manifest:
 
 
 def detector_with(base: Detector, params: Params) -> Detector:
-    """``base``'s engines driven by other sampler hyper-parameters (host loop; the graphs do not change)."""
-    if base.pipeline is not None:
-        raise ValueError("hyper-parameter search runs on the onnxruntime backend")
-    return Detector(base.bundle_dir, apply_params(base.manifest, params), base.engines, base.noise,
-                    backend=base.backend)
+    """``base``'s device and engines driven by other sampler hyper-parameters (the graphs do not change)."""
+    manifest = apply_params(base.manifest, params)
+    return Detector(base.bundle_dir, manifest, DevicePipeline(base.pipeline.device, manifest, base.noise), base.backend)
 
 
 @dataclass

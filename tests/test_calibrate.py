@@ -197,7 +197,7 @@ def test_cli_calibrate_int8_pack_holds_every_graphs_inputs(bundle: Path, normals
     index = json.loads((pack / "index.json").read_text())
     m = read_manifest(tmp_path / "b")
     det = Detector.load(tmp_path / "b")
-    steps = [s.t for s in det.steps]
+    steps = [s.t for s in det.pipeline.steps]
     n_img = len(index["images"])
     assert n_img == 20 and index["timesteps"] == steps
     graphs = index["graphs"]

