@@ -234,6 +234,13 @@ def _add_runtime_options(p: argparse.ArgumentParser, sampler: bool = True) -> No
 
 
 def _engine_options(args: argparse.Namespace) -> dict:
+    """The ONNX Runtime flags; with an explicit other backend, one of them set would be ignored: refused."""
+    if args.backend not in ("onnxruntime", "auto"):
+        given = [flag for flag, dflt, value in (("--threads", 0, args.threads), ("--spinning", False, args.spinning),
+                                                 ("--graph-optimization", "all", args.graph_optimization),
+                                                 ("--providers", "cpu", args.providers)) if value != dflt]
+        if given:
+            raise UsageError(f"{', '.join(given)}: onnxruntime settings, ignored by --backend {args.backend}")
     return {"intra_op_threads": args.threads, "allow_spinning": args.spinning,
             "graph_optimization": args.graph_optimization,
             "providers": tuple(p.strip() for p in args.providers.split(",") if p.strip())}
@@ -244,7 +251,7 @@ def _glad_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise GladEdgeError(f"--set {item!r}: expected KEY=VALUE")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
         try:
             out[key.strip()] = json.loads(text)
         except json.JSONDecodeError:
@@ -419,10 +426,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise UsageError("--warmup must be >= 0")
     _check_sampler_flags(args, "fast" if "fast" in samplers else "exact")
+    engine_options = _engine_options(args)
     if "fast" in samplers:
         _bundle_sampler(args.bundle, "fast", args)
     report = run_bench(args.bundle, samplers, runs=args.runs, warmup=args.warmup, steps=args.steps,
-                       check_every=args.check_every, backend=args.backend, engine_options=_engine_options(args))
+                       check_every=args.check_every, backend=args.backend, engine_options=engine_options)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

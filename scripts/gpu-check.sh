@@ -14,7 +14,11 @@
 #   bash scripts/gpu-check.sh --quick    # the small test model only
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+# The Python that glad-edge is (or will be) installed into: on a distribution's own Python the project's .venv,
+# made now, so that a `pip install tensorrt` below lands where setup.sh installs the rest (PEP 668).
+. scripts/python.sh
+. scripts/make-venv.sh
 QUICK=
 [ "${1:-}" = "--quick" ] && QUICK=--quick
 
@@ -27,7 +31,8 @@ export GLAD_EDGE_TENSORRT=$TRT_LIBRARY  # engine builds in the tests and the ben
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$NVCC" ] || { echo "gpu-check: nvcc not found; install the CUDA toolkit or set NVCC=/path/to/nvcc" >&2; exit 1; }
 export NVCC
-# the kernels must build for this GPU with this toolkit (one line if not, before minutes of installs)
+bash scripts/setup.sh
+# the kernels must build for this GPU with this toolkit (one line if not, before pycuda's build)
 "$PY" -c 'import sys
 from edge_runtime.errors import GladEdgeError
 from model_export.cuda_kernels import select_targets
@@ -37,8 +42,6 @@ except GladEdgeError as e:
     sys.exit(f"gpu-check: {e}")
 print("gpu-check: kernels for", ", ".join(cubins), "+", ptx)'
 
-bash scripts/setup.sh
-. scripts/python.sh  # from here on the Python setup.sh installed into (the project's .venv outside a virtualenv)
 # pycuda is an sdist: build it against this toolkit
 bash scripts/install-pycuda.sh "$PY"
 

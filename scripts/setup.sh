@@ -6,18 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 . scripts/python.sh
-if [ -n "$VENV_BASE" ] && ! .venv/bin/python -c '' 2>/dev/null; then
-  # --system-site-packages: what the machine already has stays usable (JetPack's CUDA torch on a Jetson; on a
-  # prepared machine nothing is downloaded again), pip installs only what is missing or too old.
-  if ! "$VENV_BASE" -c 'import ensurepip' 2>/dev/null && command -v apt-get >/dev/null; then
-    # Debian and Ubuntu ship venv's pip bootstrap separately.
-    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-  fi
-  echo "setup.sh: creating the virtualenv .venv from $VENV_BASE"
-  "$VENV_BASE" -m venv --clear --system-site-packages .venv
-fi
+. scripts/make-venv.sh
 if [ "$(uname -m)" = aarch64 ]; then
   # Jetson: torch with CUDA comes from NVIDIA's JetPack wheels (PyPI's aarch64 torch has no Jetson CUDA, so the
   # GPU benchmark's reference would run on the CPU). Keep the torch that is there, pinned, so pip cannot swap it.

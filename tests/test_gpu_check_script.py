@@ -32,7 +32,9 @@ def _smi(tmp_path: Path, output: str, code: int = 0) -> Path:
 
 def _gpu_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k != "GLAD_EDGE_TENSORRT"}
-    full.update({"CUDA_VISIBLE_DEVICES": "-1", "PYTHON": sys.executable, "PIP_NO_INDEX": "1", **env})
+    # VIRTUAL_ENV: this interpreter is the one to install into, so the script makes no project .venv here
+    full.update({"CUDA_VISIBLE_DEVICES": "-1", "PYTHON": sys.executable, "VIRTUAL_ENV": sys.prefix,
+                 "PIP_NO_INDEX": "1", **env})
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--quick"], capture_output=True,
                           text=True, env=full, cwd=tmp_path, timeout=600, check=False)
 
@@ -140,7 +142,7 @@ def test_setup_outside_a_virtualenv_installs_into_the_project_venv(tmp_path: Pat
     setup.sh and python.sh run from a copy of scripts/ so that the stand-in .venv is not made in the checkout;
     the stand-in Pythons log what they are asked and install nothing."""
     (tmp_path / "scripts").mkdir()
-    for name in ("setup.sh", "python.sh"):
+    for name in ("setup.sh", "python.sh", "make-venv.sh"):
         shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
     log = tmp_path / "python.log"
     venv_python = f"""#!/usr/bin/env bash
@@ -169,3 +171,34 @@ exit 0
     shown = subprocess.run(["bash", "-c", ". scripts/python.sh; echo $PY"], cwd=tmp_path, capture_output=True,
                            text=True, env=env, check=True)
     assert shown.stdout.strip() == ".venv/bin/python"
+
+
+def test_gpu_check_on_a_distribution_python_asks_its_venv(tmp_path: Path) -> None:
+    """On a distribution's Python (PEP 668 refuses pip outside a virtualenv) the TensorRT library is chosen, and
+    installed when missing, by the project's .venv Python, not by the system's: gpu-check.sh makes the .venv
+    first. Run from a copy of scripts/ with stand-in Pythons that log their calls; the venv's gpu_target.py
+    refuses, so the script stops there."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("gpu-check.sh", "python.sh", "make-venv.sh", "gpu_target.py"):
+        shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
+    log = tmp_path / "python.log"
+    venv_python = f"""#!/usr/bin/env bash
+echo "VENV $*" >>{log}
+case "$*" in *gpu_target.py*) echo "gpu-check: refused by the venv" >&2; exit 1 ;; esac
+exit 0
+"""
+    system = _stub(tmp_path / "system-python", f"""echo "SYSTEM $*" >>{log}
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p .venv/bin && printf '%s' '{venv_python}' >.venv/bin/python && chmod +x .venv/bin/python
+fi
+exit 0
+""")
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PYTHON"] = str(system)
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu-check.sh")], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert proc.returncode == 1 and "gpu-check: refused by the venv" in proc.stderr, proc.stderr
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if c.startswith("SYSTEM -m venv")], calls
+    assert any(c.startswith("VENV scripts/gpu_target.py") for c in calls), calls
+    assert not any("gpu_target.py" in c for c in calls if c.startswith("SYSTEM")), calls

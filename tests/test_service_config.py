@@ -158,7 +158,8 @@ def test_cli_run_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["run", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert err == f"glad-edge run: error: {path}: outputs.modbus.port: Input should be less than or equal to 65535\n"
-    assert main(["run", "--config", str(write(tmp_path, BASE, "ok.yaml")), "--set", "camera.fps"]) == 1
+    # a malformed --set is a usage error (2), like argparse's own; a wrong key or value is a runtime one (1)
+    assert main(["run", "--config", str(write(tmp_path, BASE, "ok.yaml")), "--set", "camera.fps"]) == 2
     assert "expected dotted.key=value" in capsys.readouterr().err
     # a valid config whose bundle does not exist: one line too
     assert main(["run", "--config", str(write(tmp_path, BASE, "ok.yaml"))]) == 1

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_runtime.engines import BackendChoice
-from edge_runtime.errors import GladEdgeError
+from edge_runtime.errors import GladEdgeError, UsageError
 from edge_runtime.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from edge_runtime.nesting import MAX_DEPTH, check_depth
 from edge_runtime.service.drift_config import DriftConfig
@@ -353,7 +353,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
-        raise GladEdgeError(f"--set {override!r}: expected dotted.key=value")
+        raise UsageError(f"--set {override!r}: expected dotted.key=value")
     try:
         value = safe_yaml(text) if text.strip() else ""
     except yaml.YAMLError as e:
