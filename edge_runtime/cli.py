@@ -184,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --set pipeline.deadline_ms=500")
     p.add_argument("--check", action="store_true", help="validate the config, load the bundle, open the camera, exit")
     from edge_runtime.updates.cli import add_parsers
+    from model_export.distill.commands import add_parser as add_distill_parser
 
     add_parsers(sub, _Parser)
+    add_distill_parser(sub, _Parser)
     calibration_commands.add_parsers(sub)
     return parser
 
@@ -439,6 +441,13 @@ def _cmd_publish_update(args: argparse.Namespace) -> int:
     return cmd_publish(args)
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    require_extra("torch", "diffusers", "safetensors")
+    from model_export.distill.commands import run
+
+    return run(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.service.service import run_service
 
@@ -448,6 +457,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = {
     "import-glad": _cmd_import_glad,
     "export": _cmd_export,
+    "distill": _cmd_distill,
     "build-engines": _cmd_build_engines,
     "make-checkpoint": _cmd_make_checkpoint,
     "inspect": _cmd_inspect,
