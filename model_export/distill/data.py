@@ -51,7 +51,7 @@ class DistillData:
 
 def to_model_range(rgb: np.ndarray, resolution: int) -> torch.Tensor:
     """uint8 HxWx3 -> [3, R, R] in [-1, 1], resized as the reference reads its images (PIL bilinear)."""
-    u = np.asarray(Image.fromarray(rgb).resize((resolution, resolution), Image.BILINEAR))
+    u = np.array(Image.fromarray(rgb).resize((resolution, resolution), Image.BILINEAR))
     return torch.from_numpy(u).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
