@@ -43,6 +43,56 @@ def add_parser(sub: argparse._SubParsersAction, parser_class: type[argparse.Argu
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    """``glad-edge export`` flags of the accuracy gate, which runs when the checkpoint is a student."""
+    g = p.add_argument_group("accuracy gate (student checkpoints, with distill.json)")
+    g.add_argument("--gate-images", type=Path, help="folder of good images: with pseudo anomalies made from them, "
+                   "the pseudo-validation set the student is compared with its teacher on (required for a student)")
+    g.add_argument("--gate-labelled", type=Path, help="labelled set in the MVTec-AD layout, compared too")
+    g.add_argument("--gate-anomalies", type=int, help="pseudo anomalies to make (default: one per good image)")
+    g.add_argument("--teacher", type=Path, help="teacher checkpoint (default: the path in distill.json)")
+    g.add_argument("--teacher-bundle", type=Path, help="an exported bundle of the teacher to reuse")
+    g.add_argument("--max-delta-i-auroc", type=float, default=0.005, help="I-AUROC the student may lose "
+                   "(default 0.005)")
+    g.add_argument("--max-delta-p-auroc", type=float, default=0.01, help="P-AUROC the student may lose "
+                   "(default 0.01; negative: not gated)")
+    g.add_argument("--min-spearman", type=float, help="lowest Spearman correlation of the two models' scores "
+                   "(default: measured, not gated)")
+    g.add_argument("--accept-accuracy-loss", action="store_true",
+                   help="export a student beyond the tolerances anyway; the manifest records it")
+
+
+GATE_FLAGS = ("gate_images", "gate_labelled", "gate_anomalies", "teacher", "teacher_bundle", "min_spearman")
+
+
+def gate_options(args: argparse.Namespace, is_student: bool) -> Any:
+    """GateOptions from the export flags, or None for a teacher; flags that would be ignored are refused."""
+    given = [f"--{n.replace('_', '-')}" for n in GATE_FLAGS if getattr(args, n) is not None]
+    given += ["--accept-accuracy-loss"] if args.accept_accuracy_loss else []
+    if not is_student:
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for a student checkpoint (one with distill.json)")
+        return None
+    if args.gate_images is None:
+        raise UsageError("a student checkpoint is exported through the accuracy gate: give --gate-images DIR "
+                         "(good images of the part)")
+    if args.gate_anomalies is not None and args.gate_anomalies < 1:
+        raise UsageError(f"--gate-anomalies must be >= 1, got {args.gate_anomalies}")
+    from pydantic import ValidationError
+
+    from model_export.distill.gate import GateOptions, Tolerances
+
+    try:
+        tol = Tolerances(max_delta_i_auroc=args.max_delta_i_auroc,
+                         max_delta_p_auroc=None if args.max_delta_p_auroc < 0 else args.max_delta_p_auroc,
+                         min_spearman=args.min_spearman)
+    except ValidationError as e:
+        raise UsageError(f"gate tolerances: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    return GateOptions(images=args.gate_images, labelled=args.gate_labelled, teacher=args.teacher,
+                       teacher_bundle=args.teacher_bundle, tolerances=tol, accept_loss=args.accept_accuracy_loss,
+                       anomalies=args.gate_anomalies)
+
+
 def _names(value: str | None, flag: str) -> list[str] | None:
     if value is None:
         return None
@@ -125,4 +175,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "distill", "resolve_recipe", "run"]
+__all__ = ["add_gate_arguments", "add_parser", "gate_options", "distill", "resolve_recipe", "run"]
