@@ -7,6 +7,7 @@ and resolution. A technique module exposes NAME, Options (pydantic) and apply() 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from edge_runtime.errors import GladEdgeError
@@ -30,4 +31,9 @@ def technique(name: str) -> ModuleType:
     return module
 
 
-__all__ = ["MODULES", "ORDER", "technique"]
+def available() -> list[str]:
+    """The techniques whose modules this installation has, in ORDER."""
+    return [name for name in ORDER if importlib.util.find_spec(MODULES[name]) is not None]
+
+
+__all__ = ["MODULES", "ORDER", "available", "technique"]
