@@ -120,7 +120,7 @@ def distill(teacher_dir: str | Path, out: str | Path, recipe: Recipe, images: st
     from model_export.checkpoint import load_checkpoint
     from model_export.distill import registry
     from model_export.distill.data import load_distill_data
-    from model_export.distill.harness import TrainSettings, world
+    from model_export.distill.harness import TrainSettings, process_group, world
     from model_export.distill.student import checkpoint_sha256, make_student, write_student
 
     out = Path(out)
@@ -139,12 +139,13 @@ def distill(teacher_dir: str | Path, out: str | Path, recipe: Recipe, images: st
     student = make_student(teacher)
     work_dir = Path(work) if work is not None else out.parent / f"{out.name}.work"
     measurements: dict[str, dict[str, float]] = {}
-    for name, spec in recipe.ordered():
-        settings = TrainSettings(steps=spec.steps, batch=spec.batch, lr=spec.lr, seed=seed, amp=amp, device=device,
-                                 progress=progress, save_every=save_every)
-        start = time.perf_counter()
-        measured = modules[name].apply(teacher, student, data, settings, work_dir, options[name])
-        measurements[name] = {**measured, "seconds": round(time.perf_counter() - start, 2)}
+    with process_group(device):
+        for name, spec in recipe.ordered():
+            settings = TrainSettings(steps=spec.steps, batch=spec.batch, lr=spec.lr, seed=seed, amp=amp,
+                                     device=device, progress=progress, save_every=save_every)
+            start = time.perf_counter()
+            measured = modules[name].apply(teacher, student, data, settings, work_dir, options[name])
+            measurements[name] = {**measured, "seconds": round(time.perf_counter() - start, 2)}
     info = {
         "recipe": recipe.model_dump(),
         "teacher": {"path": str(Path(teacher_dir).resolve()), "sha256": teacher_sha},

@@ -59,6 +59,17 @@ def _init_distributed(device: str) -> bool:
     return True
 
 
+@contextmanager
+def process_group(device: str) -> Iterator[None]:
+    """Hold torchrun's process group over several ``train`` calls (a recipe's techniques): joined once."""
+    created = _init_distributed(device)
+    try:
+        yield
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
 def _device(settings: TrainSettings) -> torch.device:
     dev = torch.device(settings.device)
     if dev.type == "cuda" and dev.index is None and world()[1] > 1:  # one GPU per process under torchrun
@@ -207,4 +218,4 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-__all__ = ["TrainSettings", "freeze", "lr_at", "step_generator", "train", "world"]
+__all__ = ["TrainSettings", "freeze", "process_group", "lr_at", "step_generator", "train", "world"]
