@@ -3,6 +3,7 @@ recipes (built-in, YAML, --only/--skip, errors), the image folder's limits, and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,26 @@ def test_distill_data_limits_and_batches(tmp_path) -> None:
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(GladEdgeError):
         load_distill_data(folder, 16)
+
+
+def test_distill_under_torchrun_two_processes(teacher_dir, tmp_path) -> None:
+    """The command itself data-parallel: two CPU processes (gloo) train the UNet, rank 0 writes the student."""
+    import os
+    import subprocess
+    import sys
+
+    teacher, images = teacher_dir
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "student"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "edge_runtime", "distill", str(teacher), "--out", str(out), "--recipe", "guidance",
+                           "--images", str(images), "--steps", "2", "--batch", "2", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote student") == 1  # rank 0 only
+    info = read_distill_info(out)
+    assert info is not None and info["settings"]["world_size"] == 2
+    state = json.loads((tmp_path / "student.work" / "guidance" / "state.json").read_text())
+    assert state["fingerprint"]["world_size"] == 2 and state["step"] == 2
+    assert load_checkpoint(out).config.guidance_scale == 1.0
