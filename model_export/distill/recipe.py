@@ -86,8 +86,8 @@ _DEMO: dict[str, dict[str, Any]] = {
     "resolution": {"steps": 150, "batch": 8, "lr": 3e-4},
     "student_dino": {"steps": 300, "batch": 16, "lr": 1e-3},
     "small_vae": {"steps": 300, "batch": 8, "lr": 1e-3},
-    "guidance": {"steps": 100, "batch": 8, "lr": 1e-4},
-    "steps": {"steps": 300, "batch": 8, "lr": 2e-4, "options": {"student_steps": 2}},
+    "guidance": {"steps": 100, "batch": 8, "lr": 5e-5},
+    "steps": {"steps": 200, "batch": 8, "lr": 1e-4, "options": {"student_steps": 2}},
 }
 
 
