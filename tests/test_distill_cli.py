@@ -170,3 +170,15 @@ def test_distill_under_torchrun_two_processes(teacher_dir, tmp_path) -> None:
     state = json.loads((tmp_path / "student.work" / "guidance" / "state.json").read_text())
     assert state["fingerprint"]["world_size"] == 2 and state["step"] == 2
     assert load_checkpoint(out).config.guidance_scale == 1.0
+
+
+def test_registry_names_the_five_techniques() -> None:
+    from model_export.distill import registry
+
+    assert registry.ORDER == ("resolution", "student_dino", "small_vae", "guidance", "steps")
+    assert {"guidance", "steps"} <= set(registry.available()) <= set(registry.ORDER)
+    for name in registry.available():
+        module = registry.technique(name)
+        assert module.NAME == name and module.Options().model_config["extra"] == "forbid"
+    with pytest.raises(GladEdgeError, match="unknown distillation technique"):
+        registry.technique("bogus")
