@@ -11,7 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # noqa: ANN201
+    """Two torch threads on this shared 2-core box ran the tiny UNet 50x slower than one (contention);
+    imported by the distillation tests, where it applies to every test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_model() -> torch.nn.Module:

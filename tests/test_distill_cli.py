@@ -18,15 +18,8 @@ from model_export.distill.recipe import builtin_recipes, load_recipe
 from model_export.distill.registry import ORDER
 from model_export.distill.student import checkpoint_sha256, read_distill_info
 from model_export.factory import make_random_checkpoint
+from tests.distill_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.test_distill_unet import TEACHER, write_parts
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_distill_unet.py
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

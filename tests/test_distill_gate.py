@@ -17,17 +17,10 @@ from model_export.checkpoint import load_checkpoint
 from model_export.distill.commands import distill, resolve_recipe
 from model_export.distill.student import read_distill_info, write_student
 from model_export.factory import make_random_checkpoint
+from tests.distill_helpers import one_thread  # noqa: F401 (autouse fixture)
 from tests.test_distill_unet import write_parts
 
 TEACHER = dict(resolution=32, dino_resolution=32, dino_depth=2, inference_steps=3, guidance_scale=1.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_distill_unet.py
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,9 @@ from model_export.distill.harness import TrainSettings
 from model_export.distill.student import make_student
 from model_export.distill.unet_common import abar_tensor, guided_eps
 from model_export.factory import make_random_checkpoint
+from tests.distill_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 TEACHER = dict(resolution=32, dino_resolution=32, dino_depth=2, inference_steps=6, guidance_scale=3.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on this shared 2-core box ran the tiny UNet 50x slower than one (contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_parts(folder: Path, n: int = 6, size: int = 40) -> Path:

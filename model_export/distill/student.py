@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -49,18 +48,14 @@ def write_student(student: Checkpoint, out: str | Path, info: dict[str, Any], ov
     out = Path(out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise GladEdgeError(f"{out}: already exists (choose a new output directory or --overwrite)")
+    from model_export.onnx_export import _move_into_place
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         save_checkpoint(student, tmp)
         (tmp / DISTILL_JSON).write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
