@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from calibration import commands as calibration_commands
 from edge_runtime.errors import GladEdgeError, UsageError
+from model_export.distill.commands import add_gate_arguments
 
 if TYPE_CHECKING:
     from edge_runtime.bundle import SamplerParams
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     _add_engine_build_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_gate_arguments(p)
 
     p = sub.add_parser(
         "build-engines",
@@ -184,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --set pipeline.deadline_ms=500")
     p.add_argument("--check", action="store_true", help="validate the config, load the bundle, open the camera, exit")
     from edge_runtime.updates.cli import add_parsers
+    from model_export.distill.commands import add_parser as add_distill_parser
 
     add_parsers(sub, _Parser)
+    add_distill_parser(sub, _Parser)
     calibration_commands.add_parsers(sub)
     return parser
 
@@ -301,12 +305,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
         given = [flag for flag, value in engine_flags.items() if value]
         if given:
             raise UsageError(f"{', '.join(given)}: only with --backend tensorrt")
+    from model_export.distill.commands import gate_options
+
+    gate = gate_options(args, (args.checkpoint / "distill.json").is_file())
     require_extra("torch", "onnx")
     from model_export.onnx_export import export_bundle
 
     options = {"precision": args.precision, "sampler": args.sampler, "steps": args.steps,
                "check_every": args.check_every, "opset": args.opset, "progress": not args.quiet,
                "unet_guidance": args.unet_guidance, "overwrite": args.overwrite}
+    if gate is not None:
+        return _export_student(args, gate, options)
     if args.backend == "tensorrt":
         from model_export.tensorrt_build import export_with_engines
 
@@ -317,6 +326,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     out = export_bundle(args.checkpoint, args.out, **options)
     print(f"wrote bundle {out}")
+    return 0
+
+
+def _export_student(args: argparse.Namespace, gate: object, options: dict) -> int:
+    """A student goes through the accuracy gate first (ONNX bundle); engines are then built into it."""
+    from model_export.distill.gate import export_student
+
+    out, record = export_student(args.checkpoint, args.out, gate, **options)  # type: ignore[arg-type]
+    worst = ", ".join(f"{name}: dI-AUROC {r['delta_i_auroc']:+.4f} dP-AUROC {r['delta_p_auroc']:+.4f} "
+                      f"rho {r['spearman']:.3f}" for name, r in record["sets"].items())
+    accepted = " (accuracy loss ACCEPTED, recorded in the manifest)" if record["accepted_accuracy_loss"] else ""
+    if args.backend == "tensorrt":
+        from model_export.tensorrt_build import build_engines
+
+        build_engines(out, precision=args.precision, timing_cache=_timing_cache(args),
+                      compute_capabilities=args.compute_capability, progress=not args.quiet, library=args.library,
+                      kernels=_kernels(args))
+    print(f"wrote bundle {out}; accuracy gate vs teacher {worst}{accepted}")
     return 0
 
 
@@ -447,6 +474,13 @@ def _cmd_publish_update(args: argparse.Namespace) -> int:
     return cmd_publish(args)
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    require_extra("torch", "diffusers", "safetensors")
+    from model_export.distill.commands import run
+
+    return run(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_runtime.service.service import run_service
 
@@ -456,6 +490,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = {
     "import-glad": _cmd_import_glad,
     "export": _cmd_export,
+    "distill": _cmd_distill,
     "build-engines": _cmd_build_engines,
     "make-checkpoint": _cmd_make_checkpoint,
     "inspect": _cmd_inspect,

@@ -48,6 +48,8 @@ class DevicePipeline:
 
         d = device
         self.unet_out = self._unet_output()
+        # older bundles do not record it: they all ran the UNet at batch 2
+        self.unet_passes = int(manifest.source.get("unet_passes", 2))
         self.images = d.alloc((2, 3, r, r))  # [0]: the part, [1]: its reconstruction (adjacent: DINO takes both)
         self.z0 = d.alloc(latent)
         self.fixed_noise = np.asarray(noise, np.float32).reshape(latent)
@@ -180,7 +182,7 @@ class DevicePipeline:
         adaptive_step: int | None = None
         for i, step in enumerate(self.steps):
             d.run_segment(("unet", i), lambda i=i, a_t=step.a_t: self._step_model(i, a_t))
-            calls["unet"] += 2
+            calls["unet"] += self.unet_passes
             decision = "continue"
             if step.check and adaptive_step is None:
                 d.synchronize()

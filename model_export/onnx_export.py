@@ -80,18 +80,28 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of tensors above which weights 
 
 
 # -- the graphs ------------------------------------------------------------------------------------
+def single_pass(guidance_scale: float) -> bool:
+    """At g = 1 the guided eps is eps_c whatever uncond is: one UNet pass on cond gives it."""
+    return float(guidance_scale) == 1.0
+
+
 class GuidedUnet(nn.Module):
-    """eps = eps_u + g (eps_c - eps_u) from one batch-2 UNet call with the two prompt embeddings baked in."""
+    """eps = eps_u + g (eps_c - eps_u) from one batch-2 UNet call with the two prompt embeddings baked in;
+    at g = 1 (a guidance-folded student, or the demo model) a batch-1 call on cond alone."""
 
     def __init__(self, unet: nn.Module, uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float,
                  combine: bool = True) -> None:
         super().__init__()
         self.unet = unet
-        self.register_buffer("embeds", torch.cat([uncond, cond]).float().detach().clone())
+        self.single = single_pass(guidance_scale)
+        embeds = cond if self.single else torch.cat([uncond, cond])
+        self.register_buffer("embeds", embeds.float().detach().clone())
         self.g = float(guidance_scale)
         self.combine = combine
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        if self.single:
+            return self.unet(sample, timestep, encoder_hidden_states=self.embeds, return_dict=False)[0]
         out = self.unet(torch.cat([sample, sample]), torch.cat([timestep, timestep]),
                         encoder_hidden_states=self.embeds, return_dict=False)[0]
         if not self.combine:
@@ -203,7 +213,7 @@ def graph_specs(ckpt: Checkpoint, unet_guidance: str = "graph") -> list[GraphSpe
         tt = t.long().expand(2)
         return ref.unet(x.expand(2, -1, -1, -1), tt, encoder_hidden_states=ref.embeds).sample
 
-    if unet_guidance == "graph":
+    if unet_guidance == "graph" or single_pass(c.guidance_scale):  # one pass has no pair to hand over
         unet_out: dict[str, list[int | str]] = {"eps": [1, ch, h, w]}
         unet_ref: Callable[..., torch.Tensor] = lambda x, t: ref.guided_eps(x, int(t.item()))  # noqa: E731
     else:
@@ -469,6 +479,7 @@ def export_bundle(
             "opset": opset,
             "exporter": "torch.onnx (TorchScript)",
             "unet_guidance": unet_guidance,
+            "unet_passes": 1 if single_pass(glad.guidance_scale) else 2,
             "verification": verification,
         }
         manifest = Manifest(

@@ -107,7 +107,14 @@ class GladReference:
         """Raw decoder output (not clamped) of scaled latents z0 (so D(z0 / s))."""
         return self.vae.decode(z0 / self.scale).sample
 
+    @property
+    def unet_passes(self) -> int:
+        """UNet batch per step: at g = 1 the guided eps is eps_c, so the uncond pass is skipped."""
+        return 1 if self.config.guidance_scale == 1.0 else 2
+
     def guided_eps(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        if self.unet_passes == 1:
+            return self.unet(x_t, torch.tensor([t], device=self.device), encoder_hidden_states=self.embeds[1:]).sample
         out = self.unet(x_t.expand(2, -1, -1, -1), torch.tensor([t, t], device=self.device),
                         encoder_hidden_states=self.embeds).sample
         eps_u, eps_c = out[:1], out[1:]
@@ -144,7 +151,7 @@ class GladReference:
             a_t = float(abar[t])
             a_prev = prev_alpha(abar, t, c.step_ratio)
             eps = self.guided_eps(x_t, t)
-            stats["unet"] += 2
+            stats["unet"] += self.unet_passes
             x0_rec = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
             x0 = x0_rec
             if ads_on and adaptive_step is None:

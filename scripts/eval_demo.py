@@ -49,7 +49,7 @@ class FastReference(GladReference):
         grid = (c.resolution // p, c.resolution // p)
         for step in self.steps:
             eps = self.guided_eps(x_t, step.t)
-            stats["unet"] += 2
+            stats["unet"] += self.unet_passes
             x0_rec = (x_t - math.sqrt(1 - step.a_t) * eps) / math.sqrt(step.a_t)
             x0 = x0_rec
             if step.check and adaptive_step is None:

@@ -35,6 +35,7 @@ def no_torch(tmp_path: Path) -> dict[str, str]:
     ["import-glad", "--sd", "sd", "--unet", "u.bin", "--dino", "d.pth", "--preset", "mvtec", "--category", "bottle",
      "--out", "ckpt"],
     ["make-checkpoint", "--out", "ckpt"],
+    ["distill", "ckpt", "--out", "student", "--images", "good"],
     ["inspect", "CKPT", "part.png"],
 ])
 def test_torch_commands_on_a_base_install_name_the_extra(argv: list[str], no_torch: dict[str, str],

@@ -19,19 +19,20 @@ def test_demo_end_to_end_small(tmp_path):
 
     settings = TrainSettings(vae_steps=3, unet_steps=3, dino="random", glad={"inference_steps": 5})
     opts = dict(n_train=16, n_test_good=4, n_per_defect=2)
-    kw = dict(progress=False, settings=settings, dataset_options=opts, n_normals=50, target_frr=0.2, pseudo_size=6)
+    kw = dict(progress=False, settings=settings, dataset_options=opts, n_normals=50, target_frr=0.2, pseudo_size=6,
+              edge_steps=2)
     summary = run_demo(tmp_path, **kw)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert set(on_disk) >= {"exact", "fast"}
+    assert set(on_disk) >= {"exact", "fast", "edge"}
     items = demo_data.list_test_set(tmp_path / "data" / "brick")
     labels = [int(kind != "good") for _, _, kind in items]
     assert len(items) == 4 + 2 * 5 and sum(labels) == 10
-    for name in ("exact", "fast"):
+    for name in ("exact", "fast", "edge"):
         s = on_disk[name]
         assert s["parts"] == len(items) and s["errors"] == 0
-        assert s["ms_per_part"] > 0 and s["sampler"]["name"] == name
+        assert s["ms_per_part"] > 0 and s["sampler"]["name"] == ("exact" if name == "edge" else name)
         m = read_manifest(tmp_path / f"bundle-{name}")
-        assert m.threshold == s["threshold"] and m.sampler.name == name
+        assert m.threshold == s["threshold"] and m.sampler.name == s["sampler"]["name"]
         # the line's counts and image metrics, recomputed apart from the service: each test part inspected
         # with the bundle directly, the verdict rule and the AUROC written out here
         det = Detector.load(tmp_path / f"bundle-{name}")
@@ -51,6 +52,13 @@ def test_demo_end_to_end_small(tmp_path):
         assert (tmp_path / f"eval-{name}" / "report.html").is_file()
     assert set(on_disk["fast"]["hyper_parameters"]) == {"input_threshold", "min_step"}
     assert on_disk["exact"]["hyper_parameters"] == {}
+    # the edge student: distilled from the demo model, gated against the exact bundle, single-pass UNet
+    edge = read_manifest(tmp_path / "bundle-edge")
+    gate = edge.source["distill"]["gate"]
+    assert set(gate["sets"]["pseudo"]) >= {"delta_i_auroc", "delta_p_auroc", "spearman"}
+    assert edge.source["unet_passes"] == 1 and on_disk["edge"]["build_s"] > 0
+    assert set(on_disk["edge"]["hyper_parameters"]) == {"input_threshold", "min_step"}
+    assert on_disk["edge"]["sampler"]["inference_steps"] <= 4
     assert on_disk["fast"]["sampler"]["inference_steps"] < on_disk["exact"]["sampler"]["inference_steps"]
     text = format_summary(summary)
     assert "exact (5 steps)" in text and "FRR bound" in text and "escape rate" in text
