@@ -1,0 +1,1 @@
+"""Distillation of a GLAD teacher checkpoint into an edge student (docs/distillation.md)."""
