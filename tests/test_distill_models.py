@@ -106,14 +106,21 @@ def test_student_dino_gives_the_teachers_shapes(teacher) -> None:  # noqa: ANN00
         partial.forward_features(x, [1])
 
 
+@pytest.fixture(scope="module")
+def student_bundle(student_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_export.onnx_export import export_bundle
+
+    return export_bundle(student_dir, tmp_path_factory.mktemp("student") / "bundle", progress=False, selftest=False)
+
+
 def test_student_export_matches_the_reference_and_the_teachers_graph_shapes(teacher, student_dir: Path,
-                                                                             tmp_path: Path) -> None:  # noqa: ANN001
+                                                                             student_bundle: Path) -> None:  # noqa: ANN001
     from edge_runtime import Detector
     from edge_runtime.bundle import read_manifest
-    from model_export.onnx_export import export_bundle, graph_specs
+    from model_export.onnx_export import graph_specs
     from model_export.reference import GladReference
 
-    bundle = export_bundle(student_dir, tmp_path / "bundle", progress=False, selftest=False)
+    bundle = student_bundle
     manifest = read_manifest(bundle)
     teacher_specs = {s.role: s for s in graph_specs(teacher)}
     for role, entry in manifest.models.items():  # same graph names, inputs and outputs as the teacher's bundle
@@ -215,3 +222,32 @@ def test_bad_student_files_are_refused_in_one_line(student_dir: Path, tmp_path: 
     vae_cfg.write_text(json.dumps({**json.loads(vae_cfg.read_text()), "_class_name": "AutoencoderOops"}))
     with pytest.raises(GladEdgeError, match="AutoencoderOops"):
         load_checkpoint(broken)
+
+
+def test_bench_runs_several_bundles_side_by_side(teacher, student_bundle: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    from edge_runtime import cli
+    from edge_runtime.bench import run_bench_bundles
+    from edge_runtime.bundle import read_manifest
+    from edge_runtime.cost import flops_per_part
+    from model_export.checkpoint import save_checkpoint
+    from model_export.onnx_export import export_bundle
+
+    teacher_bundle = export_bundle(save_checkpoint(teacher, tmp_path / "teacher"), tmp_path / "teacher-bundle",
+                                   progress=False, selftest=False)
+    report = run_bench_bundles([teacher_bundle, student_bundle], runs=1, warmup=0)
+    rows = report["bundles"]
+    assert [r["bundle"] for r in rows] == [str(teacher_bundle), str(student_bundle)]
+    assert rows[0]["first_over_this"]["wall_time"] == 1.0 and rows[0]["first_over_this"]["flops_good_part"] == 1.0
+    flops = [flops_per_part(read_manifest(b))["total"] for b in (teacher_bundle, student_bundle)]
+    assert rows[1]["flops_good_part"]["total"] == flops[1]
+    assert rows[1]["first_over_this"]["flops_good_part"] == pytest.approx(flops[0] / flops[1])
+    assert all(r["ms_median"]["total"] > 0 and r["model_calls"]["unet"] >= 1 for r in rows)
+
+    assert cli.main(["bench", str(teacher_bundle), str(student_bundle), "--runs", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("2 bundles, sampler bundle") and len(out) == 4
+    assert "teacher-bundle" in out[2] and out[2].split()[-2:] == ["1.00x", "1.00x"]
+    assert out[3].split()[0].endswith(str(Path(student_bundle.parent.name) / "bundle"))
+    assert cli.main(["bench", str(teacher_bundle), str(student_bundle), "--samplers", "exact,fast"]) == 2
+    assert "several bundles run under one sampler" in capsys.readouterr().err
