@@ -61,15 +61,27 @@ def make_tiny_vae(teacher_vae: AutoencoderKL | AutoencoderTiny, scale_factor: in
     return AutoencoderTiny(**tiny_vae_config(int(teacher_vae.config.latent_channels), scale_factor, options))
 
 
-def vae_losses(model: AutoencoderTiny, views: TeacherViews, x: torch.Tensor, gen: torch.Generator,
+class EncodeDecode(torch.nn.Module):
+    """Both halves in one ``forward``: the harness may wrap the trained module in DistributedDataParallel,
+    which synchronises gradients only for what runs through ``forward``."""
+
+    def __init__(self, vae: AutoencoderTiny) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encoder(image), self.vae.decoder(latent)
+
+
+def vae_losses(model: torch.nn.Module, views: TeacherViews, x: torch.Tensor, gen: torch.Generator,
                x0_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(encoder MSE to the teacher's scaled latent, decoder MSE to the teacher's decode) on images x."""
+    """(encoder MSE to the teacher's scaled latent, decoder MSE to the teacher's decode) on images x;
+    ``model`` is an ``EncodeDecode`` (possibly wrapped)."""
     z = views.encode(x)
     z_dec = views.mixed_latents(z, gen, x0_fraction)
     target = views.decode(z_dec)
-    enc = F.mse_loss(model.encoder(x), z)
-    dec = F.mse_loss(model.decoder(z_dec), target)
-    return enc, dec
+    latent, image = model(x, z_dec)
+    return F.mse_loss(latent, z), F.mse_loss(image, target)
 
 
 def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings: TrainSettings, work_dir: Path,
@@ -78,8 +90,9 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
     views = TeacherViews(teacher, device=settings.device)
     r = student.config.resolution
     tiny = make_tiny_vae(teacher.vae, teacher.vae_scale_factor, options, seed=settings.seed).to(settings.device)
+    trainee = EncodeDecode(tiny)
 
-    def evaluate(model: AutoencoderTiny) -> tuple[float, float]:
+    def evaluate(model: torch.nn.Module) -> tuple[float, float]:
         gen = torch.Generator().manual_seed(EVAL_SEED)
         x = resize_images(data.batch(options.eval_batch, gen), r).to(settings.device)
         with torch.no_grad():
@@ -88,13 +101,14 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
 
     def loss_fn(model: torch.nn.Module, gen: torch.Generator) -> torch.Tensor:
         x = resize_images(data.batch(settings.batch, gen), r).to(settings.device)
-        enc, dec = vae_losses(model, views, x, gen, options.x0_fraction)  # type: ignore[arg-type]
+        enc, dec = vae_losses(model, views, x, gen, options.x0_fraction)
         return enc + dec
 
-    enc0, dec0 = evaluate(tiny)
-    tiny = train(NAME, tiny, loss_fn, settings, work_dir)
-    enc1, dec1 = evaluate(tiny)
-    student.vae = tiny.cpu().eval()
+    enc0, dec0 = evaluate(trainee)
+    trainee = train(NAME, trainee, loss_fn, settings, work_dir)
+    enc1, dec1 = evaluate(trainee)
+    tiny = trainee.vae.cpu().eval()
+    student.vae = tiny
     teacher_params = sum(p.numel() for p in teacher.vae.parameters())
     return {
         "encoder_mse_untrained": enc0, "decoder_mse_untrained": dec0,

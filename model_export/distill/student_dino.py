@@ -98,13 +98,26 @@ def pool_tokens(feats: torch.Tensor, grid: int) -> torch.Tensor:
     return x.reshape(b, d, grid * grid).transpose(1, 2)
 
 
-def cosine_loss(student: DinoViT, teacher: DinoViT, x_student: torch.Tensor, x_teacher: torch.Tensor,
+class Features(torch.nn.Module):
+    """``forward`` = the student's ``forward_features``: the harness may wrap the trained module in
+    DistributedDataParallel, which synchronises gradients only for what runs through ``forward``."""
+
+    def __init__(self, dino: StudentDino) -> None:
+        super().__init__()
+        self.dino = dino
+
+    def forward(self, images: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        return self.dino.forward_features(images, layers)
+
+
+def cosine_loss(student: torch.nn.Module, teacher: DinoViT, x_student: torch.Tensor, x_teacher: torch.Tensor,
                 layers: list[int]) -> torch.Tensor:
-    """Mean over layers and tokens of 1 - cos(student, teacher) features."""
-    grid = x_student.shape[-1] // student.config.patch_size
+    """Mean over layers and tokens of 1 - cos(student, teacher) features; ``student`` maps (images, layers) to
+    features (``Features``, possibly wrapped)."""
+    grid = x_student.shape[-1] // teacher.config.patch_size
     with torch.no_grad():
         targets = [pool_tokens(f, grid) for f in teacher.forward_features(x_teacher, layers)]
-    outs = student.forward_features(x_student, layers)
+    outs = student(x_student, layers)
     losses = [(1 - F.cosine_similarity(o, t, dim=-1)).mean() for o, t in zip(outs, targets, strict=True)]
     return torch.stack(losses).mean()
 
@@ -154,9 +167,9 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
     for name, teacher_vit, roles in jobs:
         teacher_vit = teacher_vit.to(views.device).eval()
         layers = sorted({layer for _, ls in roles for layer in ls})
-        model = make_student(teacher_vit, layers, options, seed=settings.seed).to(views.device)
+        model = Features(make_student(teacher_vit, layers, options, seed=settings.seed).to(views.device))
 
-        def role_loss(model: DinoViT, x: torch.Tensor, roles: list[tuple[str, list[int]]] = roles,
+        def role_loss(model: torch.nn.Module, x: torch.Tensor, roles: list[tuple[str, list[int]]] = roles,
                       teacher_vit: DinoViT = teacher_vit) -> torch.Tensor:
             parts = []
             for role, ls in roles:
@@ -164,7 +177,7 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
                 parts.append(cosine_loss(model, teacher_vit, xs, xt, ls))
             return torch.stack(parts).mean()
 
-        def evaluate(model: DinoViT, role_loss=role_loss) -> float:  # noqa: ANN001
+        def evaluate(model: torch.nn.Module, role_loss=role_loss) -> float:  # noqa: ANN001
             gen = torch.Generator().manual_seed(EVAL_SEED)
             x = batches.images(options.eval_batch, gen)
             with torch.no_grad():
@@ -172,7 +185,7 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
 
         def loss_fn(model: torch.nn.Module, gen: torch.Generator, role_loss=role_loss) -> torch.Tensor:  # noqa: ANN001
             x = batches.images(settings.batch, gen)
-            return role_loss(model, x)  # type: ignore[arg-type]
+            return role_loss(model, x)
 
         before = evaluate(model)
         model = train(f"{NAME}_{name}", model, loss_fn, settings, work_dir)
@@ -180,5 +193,5 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
         measurements[f"{name}_cosine_loss"] = evaluate(model)
         measurements[f"{name}_params"] = float(sum(p.numel() for p in model.parameters()))
         measurements[f"{name}_teacher_params"] = float(sum(p.numel() for p in teacher_vit.parameters()))
-        setattr(student, name, model.cpu().eval())
+        setattr(student, name, model.dino.cpu().eval())
     return measurements
