@@ -130,24 +130,30 @@ class DinoFeatures(nn.Module):
     def __init__(self, dino: DinoViT, layers: list[int], resolution: int, stack: bool) -> None:
         super().__init__()
         grid = resolution // dino.config.patch_size
-        self.dino = dino  # its blocks past the last one read are not traced, so they stay out of the graph
+        self.patch_embed = dino.patch_embed
+        self.cls_token = dino.cls_token
+        self.block_of = {layer: dino.block_for(layer) for layer in layers}  # a teacher's layer is its block
+        self.blocks = nn.ModuleList(dino.blocks[: max(self.block_of.values())])
+        # a student's per-layer heads to the teacher's width (none for a teacher: dino.project is the identity)
+        self.heads = getattr(dino, "heads", nn.ModuleDict())
         with torch.no_grad():
             self.register_buffer("pos", dino.pos_embed_for(grid, grid).detach().clone())
         self.layers = list(layers)
         self.stack = stack
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        dino = self.dino
-        tokens = dino.patch_embed(image)
-        tokens = torch.cat([dino.cls_token.expand(image.shape[0], -1, -1), tokens], dim=1) + self.pos
-        wanted = {dino.block_for(layer) for layer in self.layers}
+        tokens = self.patch_embed(image)
+        tokens = torch.cat([self.cls_token.expand(image.shape[0], -1, -1), tokens], dim=1) + self.pos
+        wanted = set(self.block_of.values())
         kept: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(dino.blocks[: max(wanted)], start=1):
+        for i, block in enumerate(self.blocks, start=1):
             tokens = block(tokens)
             if i in wanted:
                 kept[i] = tokens[:, 1:]
-        # per-layer student heads (identity for a teacher) act before the normalisation, as in the reference
-        feats = [F.normalize(dino.project(layer, kept[dino.block_for(layer)]), dim=-1) for layer in self.layers]
+        feats = []
+        for layer in self.layers:  # a head acts before the normalisation, as in the reference
+            f = kept[self.block_of[layer]]
+            feats.append(F.normalize(self.heads[str(layer)](f) if str(layer) in self.heads else f, dim=-1))
         return torch.stack(feats, dim=1) if self.stack else feats[0]
 
 
