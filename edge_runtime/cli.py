@@ -166,13 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output and cache folder (default out/demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("bench", help="time a bundle; exact and fast samplers side by side",
+    p = sub.add_parser("bench", help="time a bundle (exact and fast samplers) or several bundles side by side",
                        description="Run a bundle on a synthetic part and report per-stage ms (medians), model "
-                       "calls, FLOPs counted from the graphs, and exact/fast ratios measured in the same run.")
-    p.add_argument("bundle", type=Path)
+                       "calls, FLOPs counted from the graphs, and exact/fast ratios measured in the same run. With "
+                       "several bundles (e.g. a teacher and its students), run them interleaved in one process and "
+                       "print one row each: ms per part, FLOPs per good part, and the first bundle's over each.")
+    p.add_argument("bundle", type=Path, nargs="+")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--samplers", default="exact,fast", help="comma-separated: exact, fast (default: both)")
+    p.add_argument("--samplers", default=None, help="comma-separated: exact, fast, bundle (the manifest's own); "
+                   "default exact,fast for one bundle, bundle for several (which take one sampler)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_runtime_options(p, sampler=False)
 
@@ -442,12 +445,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from edge_runtime.bench import format_report, run_bench
+    from edge_runtime.bench import BUNDLE_SAMPLER, format_bundles_report, format_report, run_bench, run_bench_bundles
 
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    unknown = sorted(set(samplers) - {"exact", "fast"})
+    several = len(args.bundle) > 1
+    default = BUNDLE_SAMPLER if several else "exact,fast"
+    samplers = [s.strip() for s in (args.samplers or default).split(",") if s.strip()]
+    unknown = sorted(set(samplers) - {"exact", "fast", BUNDLE_SAMPLER})
     if unknown or not samplers:
-        raise UsageError(f"--samplers: unknown sampler(s) {unknown} (exact, fast)")
+        raise UsageError(f"--samplers: unknown sampler(s) {unknown} (exact, fast, {BUNDLE_SAMPLER})")
+    if several and len(samplers) > 1:
+        raise UsageError(f"--samplers: several bundles run under one sampler, got {samplers}")
     if args.runs < 1:
         raise UsageError("--runs must be >= 1")
     if args.warmup < 0:
@@ -455,9 +462,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _check_sampler_flags(args, "fast" if "fast" in samplers else "exact")
     engine_options = _engine_options(args)
     if "fast" in samplers:
-        _bundle_sampler(args.bundle, "fast", args)
-    report = run_bench(args.bundle, samplers, runs=args.runs, warmup=args.warmup, steps=args.steps,
-                       check_every=args.check_every, backend=args.backend, engine_options=engine_options)
+        for bundle in args.bundle:
+            _bundle_sampler(bundle, "fast", args)
+    common = dict(runs=args.runs, warmup=args.warmup, steps=args.steps, check_every=args.check_every,
+                  backend=args.backend, engine_options=engine_options)
+    if several:
+        report = run_bench_bundles(args.bundle, samplers[0], **common)
+        print(json.dumps(report, indent=2) if args.json else format_bundles_report(report))
+        return 0
+    if samplers == [BUNDLE_SAMPLER]:
+        raise UsageError(f"--samplers {BUNDLE_SAMPLER}: only with several bundles (one bundle: exact, fast)")
+    report = run_bench(args.bundle[0], samplers, **common)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel
 
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, fixed_noise, load_glad_config
@@ -24,13 +24,18 @@ from edge_runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alp
 from model_export.dino import DinoViT, load_dino, save_dino
 
 SD_SCALING_FACTOR = 0.18215
+# vae/config.json `_class_name` -> class: the teacher's KL autoencoder or a distilled TAESD-like student
+VAE_CLASSES: dict[str, type[AutoencoderKL] | type[AutoencoderTiny]] = {
+    "AutoencoderKL": AutoencoderKL,
+    "AutoencoderTiny": AutoencoderTiny,
+}
 
 
 @dataclass
 class Checkpoint:
     config: GladConfig
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | AutoencoderTiny
     cond: torch.Tensor  # [1, 77, D] embedding of "a photo of sks"
     uncond: torch.Tensor  # [1, 77, D] embedding of ""
     dino: DinoViT
@@ -39,7 +44,9 @@ class Checkpoint:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        cfg = self.vae.config
+        blocks = cfg.encoder_block_out_channels if isinstance(self.vae, AutoencoderTiny) else cfg.block_out_channels
+        return 2 ** (len(blocks) - 1)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -72,7 +79,7 @@ class Checkpoint:
                 f"glad.json: resolution {c.resolution} is not a multiple of the VAE factor {self.vae_scale_factor}"
             )
         for name, dino in (("dino", self.dino), ("dino_adaptive", self.dino_adaptive or self.dino)):
-            p, depth = dino.config.patch_size, dino.config.depth
+            p, depth = dino.config.patch_size, dino.num_layers
             if c.dino_resolution % p or c.resolution % p:
                 raise GladEdgeError(f"glad.json: resolutions must be multiples of {name} patch size {p}")
             layers = c.dino_layers if name == "dino" else [c.adaptive_layer]
@@ -93,6 +100,27 @@ def _require(path: Path) -> Path:
     return path
 
 
+def encode_mean(vae: AutoencoderKL | AutoencoderTiny, image: torch.Tensor) -> torch.Tensor:
+    """Unscaled latent of images in [-1, 1]: the KL posterior mean (no sampling, so only the mean half of the
+    moments is used) or a tiny autoencoder's deterministic latent."""
+    if isinstance(vae, AutoencoderTiny):
+        return vae.encoder(image)
+    moments = vae.encoder(image)
+    if vae.quant_conv is not None:
+        moments = vae.quant_conv(moments)
+    return torch.chunk(moments, 2, dim=1)[0]
+
+
+def _vae_class(config_path: Path) -> type[AutoencoderKL] | type[AutoencoderTiny]:
+    try:
+        name = json.loads(config_path.read_text()).get("_class_name", "AutoencoderKL")
+    except (OSError, ValueError, AttributeError) as e:
+        raise GladEdgeError(f"{config_path}: not a JSON object ({e})") from None
+    if name not in VAE_CLASSES:
+        raise GladEdgeError(f"{config_path}: _class_name {name!r} is not one of {sorted(VAE_CLASSES)}")
+    return VAE_CLASSES[name]
+
+
 def load_checkpoint(directory: str | Path) -> Checkpoint:
     from safetensors.torch import load_file
 
@@ -100,12 +128,13 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
     if not d.is_dir():
         raise GladEdgeError(f"{d}: not a directory")
     config = load_glad_config(_require(d / "glad.json"))
+    vae_class = _vae_class(_require(d / "vae" / "config.json"))
     quiet = logging.getLogger("diffusers")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         unet = UNet2DConditionModel.from_pretrained(_require(d / "unet"), use_safetensors=True).eval()
-        vae = AutoencoderKL.from_pretrained(_require(d / "vae"), use_safetensors=True).eval()
+        vae = vae_class.from_pretrained(d / "vae", use_safetensors=True).eval()
     except (OSError, ValueError, RuntimeError) as e:
         raise GladEdgeError(f"{d}: cannot load unet/ or vae/ ({str(e).splitlines()[0]})") from None
     finally:

@@ -10,10 +10,11 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from edge_runtime.errors import GladEdgeError
@@ -123,6 +124,24 @@ class DinoViT(nn.Module):
         # state dict loads without unexpected keys.
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.layer_norm_eps)
 
+    @property
+    def num_layers(self) -> int:
+        """Layer numbers ``forward_features`` accepts: 1..num_layers."""
+        return self.config.depth
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the features ``forward_features`` returns."""
+        return self.config.embed_dim
+
+    def block_for(self, layer: int) -> int:
+        """The (1-based) block whose tokens give ``layer``'s features."""
+        return layer
+
+    def project(self, layer: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Features of ``layer`` from the patch tokens of ``block_for(layer)``: the identity for a teacher."""
+        return tokens
+
     def pos_embed_for(self, h: int, w: int) -> torch.Tensor:
         """[1, 1 + h*w, D] position embedding for an h x w patch grid."""
         cls_pos = self.pos_embed[:, :1]
@@ -134,19 +153,68 @@ class DinoViT(nn.Module):
         p = self.config.patch_size
         if x.shape[-1] % p or x.shape[-2] % p:
             raise ValueError(f"input {tuple(x.shape[-2:])} is not a multiple of the patch size {p}")
-        if max(layers) > len(self.blocks) or min(layers) < 1:
-            raise ValueError(f"layers {list(layers)} outside 1..{len(self.blocks)}")
+        if max(layers) > self.num_layers or min(layers) < 1:
+            raise ValueError(f"layers {list(layers)} outside 1..{self.num_layers}")
         h, w = x.shape[-2] // p, x.shape[-1] // p
         tokens = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self.pos_embed_for(h, w)
-        wanted = set(layers)
+        wanted = {self.block_for(layer) for layer in layers}
         out: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(self.blocks[: max(layers)], start=1):
+        for i, block in enumerate(self.blocks[: max(wanted)], start=1):
             tokens = block(tokens)
             if i in wanted:
                 out[i] = tokens[:, 1:]
-        return [out[layer] for layer in layers]
+        return [self.project(layer, out[self.block_for(layer)]) for layer in layers]
+
+
+class StudentDinoConfig(DinoConfig):
+    """A smaller ViT that stands in for a teacher DINO: ``layer_map`` sends each teacher layer it serves to one
+    of its own blocks, whose tokens a linear head projects to the teacher's width."""
+
+    kind: Literal["student"] = Field(description="marks a distilled student (config.json of a student dino/)")
+    teacher_embed_dim: int = Field(gt=0, description="width of the teacher's features, the heads' output")
+    teacher_depth: int = Field(gt=0, description="number of teacher blocks: the layer numbers callers use")
+    layer_map: dict[int, int] = Field(min_length=1, description="teacher layer -> student block (both 1-based)")
+
+    @model_validator(mode="after")
+    def _check_map(self) -> StudentDinoConfig:
+        for layer, block in self.layer_map.items():
+            if not 1 <= layer <= self.teacher_depth:
+                raise ValueError(f"layer_map: teacher layer {layer} outside 1..{self.teacher_depth}")
+            if not 1 <= block <= self.depth:
+                raise ValueError(f"layer_map: student block {block} outside 1..{self.depth}")
+        return self
+
+
+class StudentDino(DinoViT):
+    """``forward_features(images, teacher_layers)`` gives features of the teacher's shapes from fewer, narrower
+    blocks, so the reference, the exported graphs and the runtime treat it as the teacher."""
+
+    config: StudentDinoConfig
+
+    def __init__(self, config: StudentDinoConfig) -> None:
+        super().__init__(config)
+        self.heads = nn.ModuleDict(
+            {str(layer): nn.Linear(config.embed_dim, config.teacher_embed_dim) for layer in sorted(config.layer_map)}
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.teacher_depth
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.teacher_embed_dim
+
+    def block_for(self, layer: int) -> int:
+        if layer not in self.config.layer_map:
+            have = sorted(self.config.layer_map)
+            raise ValueError(f"student DINO has no head for teacher layer {layer} (has {have})")
+        return self.config.layer_map[layer]
+
+    def project(self, layer: int, tokens: torch.Tensor) -> torch.Tensor:
+        return self.heads[str(layer)](tokens)
 
 
 def save_dino(model: DinoViT, directory: str | Path) -> None:
@@ -202,10 +270,12 @@ def load_dino(directory: str | Path) -> DinoViT:
         if not path.is_file():
             raise GladEdgeError(f"{path}: file not found")
     try:
-        config = DinoConfig.model_validate_json(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_text())
+        student = isinstance(raw, dict) and raw.get("kind") == "student"
+        config = (StudentDinoConfig if student else DinoConfig).model_validate(raw)
     except Exception as e:  # pydantic ValidationError or bad JSON
         raise GladEdgeError(f"{cfg_path}: {str(e).splitlines()[0]} ({e})".replace("\n", " ")) from None
-    model = DinoViT(config)
+    model = StudentDino(config) if isinstance(config, StudentDinoConfig) else DinoViT(config)
     state = load_file(weights)
     check_state_dict(model, state, weights)
     model.load_state_dict(state)

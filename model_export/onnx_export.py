@@ -63,7 +63,7 @@ from edge_runtime.bundle import (
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.onnx_refs import external_data_locations
 from edge_runtime.sampler import sampler_params
-from model_export.checkpoint import Checkpoint, load_checkpoint
+from model_export.checkpoint import Checkpoint, encode_mean, load_checkpoint
 from model_export.dino import DinoViT
 from model_export.onnx_flops import count_flops
 
@@ -119,11 +119,7 @@ class VaeEncoder(nn.Module):
         self.scale = float(scaling_factor)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        moments = self.vae.encoder(image)
-        if self.vae.quant_conv is not None:
-            moments = self.vae.quant_conv(moments)
-        mean, _ = torch.chunk(moments, 2, dim=1)
-        return self.scale * mean
+        return self.scale * encode_mean(self.vae, image)
 
 
 class VaeDecoder(nn.Module):
@@ -146,7 +142,10 @@ class DinoFeatures(nn.Module):
         grid = resolution // dino.config.patch_size
         self.patch_embed = dino.patch_embed
         self.cls_token = dino.cls_token
-        self.blocks = nn.ModuleList(dino.blocks[: max(layers)])
+        self.block_of = {layer: dino.block_for(layer) for layer in layers}  # a teacher's layer is its block
+        self.blocks = nn.ModuleList(dino.blocks[: max(self.block_of.values())])
+        # a student's per-layer heads to the teacher's width (none for a teacher: dino.project is the identity)
+        self.heads = getattr(dino, "heads", nn.ModuleDict())
         with torch.no_grad():
             self.register_buffer("pos", dino.pos_embed_for(grid, grid).detach().clone())
         self.layers = list(layers)
@@ -155,12 +154,16 @@ class DinoFeatures(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(image)
         tokens = torch.cat([self.cls_token.expand(image.shape[0], -1, -1), tokens], dim=1) + self.pos
+        wanted = set(self.block_of.values())
         kept: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks, start=1):
             tokens = block(tokens)
-            if i in self.layers:
-                kept[i] = F.normalize(tokens[:, 1:], dim=-1)
-        feats = [kept[layer] for layer in self.layers]
+            if i in wanted:
+                kept[i] = tokens[:, 1:]
+        feats = []
+        for layer in self.layers:  # a head acts before the normalisation, as in the reference
+            f = kept[self.block_of[layer]]
+            feats.append(F.normalize(self.heads[str(layer)](f) if str(layer) in self.heads else f, dim=-1))
         return torch.stack(feats, dim=1) if self.stack else feats[0]
 
 
@@ -233,12 +236,12 @@ def graph_specs(ckpt: Checkpoint, unet_guidance: str = "graph") -> list[GraphSpe
         ),
         GraphSpec(
             "dino", DinoFeatures(dino, c.dino_layers, rd, stack=True), {"image": [BATCH, 3, rd, rd]},
-            {"features": [BATCH, n_layers, (rd // p) ** 2, dino.config.embed_dim]},
+            {"features": [BATCH, n_layers, (rd // p) ** 2, dino.feature_dim]},
             lambda x: torch.stack(ref.patch_features(dino, x, c.dino_layers), dim=1), randn(3, rd, rd),
         ),
         GraphSpec(
             "dino_adaptive", DinoFeatures(dino_a, [c.adaptive_layer], r, stack=False), {"image": [BATCH, 3, r, r]},
-            {"features": [BATCH, (r // p_a) ** 2, dino_a.config.embed_dim]},
+            {"features": [BATCH, (r // p_a) ** 2, dino_a.feature_dim]},
             lambda x: ref.patch_features(dino_a, x, [c.adaptive_layer])[0], uniform(3, r, r, lo=-1.1, hi=1.1),
         ),
     ]

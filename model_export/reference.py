@@ -22,7 +22,7 @@ from edge_runtime import scoring
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.result import InspectionResult
 from edge_runtime.schedule import prev_alpha
-from model_export.checkpoint import Checkpoint, load_checkpoint
+from model_export.checkpoint import Checkpoint, encode_mean, load_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,7 +101,7 @@ class GladReference:
 
     # -- model calls -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.vae.encode(x).latent_dist.mean
+        return self.scale * encode_mean(self.vae, x)
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """Raw decoder output (not clamped) of scaled latents z0 (so D(z0 / s))."""

@@ -14,6 +14,14 @@ closed-form ViT estimates and published figures.
 
     python scripts/flops_full_geometry.py                     # build, export, count (~4 GB on disk twice)
     python scripts/flops_full_geometry.py --bundle DIR        # count from an existing bundle only
+    python scripts/flops_full_geometry.py --recipe edge       # the edge recipe's student architectures
+
+``--recipe edge`` builds the distilled student's architectures at the same geometry instead (random weights):
+the working resolution of model_export/distill/resolution.py, the SD 1.4 UNet run single-pass (guidance
+folded, glad.json guidance_scale 1), ``--steps`` sampler steps, the AutoencoderTiny of small_vae.py and the
+student DINO of student_dino.py with their default Options, and counts it the same way. The single-pass UNet
+is exported and counted on its own at batch 1 (one UNet forward with the cond embedding), whatever the
+bundle's unet graph is.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ ISSUE_REFERENCE_TFLOP = 154.0
 # SD 1.x UNet, one forward at latent 64 x 64 (batch 1): about 0.8 TFLOP (2 x MACs, attention included)
 PUBLISHED_UNET_TFLOP_PER_FORWARD = 0.8
 DEFAULT_VARIANTS = "5:1,5:2,5:4,8:1,8:2,8:4,10:1,10:2,10:4"
+# exact GLAD per good part at this geometry, counted by this script without --recipe (docs/benchmarks.md)
+EXACT_TFLOP = 151.80
+# the step distillation's range is 1-4 steps: count the edge student at its most expensive end
+EDGE_STEPS = 4
+EDGE_TARGET_TFLOP = 1.5
 
 
 def _peak_rss_gb() -> float:
@@ -99,6 +112,121 @@ def build_and_export(work: Path, seed: int, keep_checkpoint: bool) -> tuple[Path
     if not keep_checkpoint:
         shutil.rmtree(ckpt_dir)
     return bundle, info
+
+
+# -- the edge recipe -------------------------------------------------------------------------------
+def build_edge_checkpoint(seed: int, steps: int) -> Any:
+    """The edge student's architectures at 512 px MVTec geometry, random weights."""
+    from model_export.distill import resolution, small_vae, student_dino
+    from model_export.factory import make_full_geometry_checkpoint
+
+    ckpt = make_full_geometry_checkpoint(seed=seed, guidance_scale=1.0, inference_steps=steps)
+    c = ckpt.config
+    resolution.set_working_resolution(ckpt, resolution.Options())
+    ckpt.vae = small_vae.make_tiny_vae(ckpt.vae, ckpt.vae_scale_factor, small_vae.Options(), seed=seed).eval()
+    layers = sorted({*c.dino_layers, c.adaptive_layer})
+    ckpt.dino = student_dino.make_student(ckpt.dino, layers, student_dino.Options(), seed=seed).eval()
+    ckpt.validate()
+    return ckpt
+
+
+def single_pass_unet_flops(ckpt: Any, work: Path) -> float:
+    """Export the UNet at batch 1 (cond only) and count its graph."""
+    import onnx
+    import torch
+
+    from model_export.onnx_export import _quiet_exporter
+    from model_export.onnx_flops import count_flops
+
+    class SinglePassUnet(torch.nn.Module):
+        """One UNet forward with the cond embedding baked in: what a guidance-folded student runs per step."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet = ckpt.unet
+            self.register_buffer("cond", ckpt.cond.float().detach().clone())
+
+        def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return self.unet(sample, timestep, encoder_hidden_states=self.cond, return_dict=False)[0]
+
+    path = work / "unet_single" / "unet_single.onnx"  # the exporter writes one file per tensor above 2 GB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _, ch, h, w = ckpt.latent_shape
+    example = (torch.randn(1, ch, h, w), torch.tensor([500.0]))
+    with _quiet_exporter(), torch.no_grad():
+        torch.onnx.export(SinglePassUnet().eval(), example, str(path), input_names=["sample", "timestep"],
+                          output_names=["eps"], opset_version=17, dynamo=False, do_constant_folding=True)
+    flops = float(count_flops(onnx.load(str(path), load_external_data=False), {}, strict=True).total)
+    shutil.rmtree(path.parent)
+    return flops
+
+
+def build_and_export_edge(work: Path, seed: int, steps: int) -> tuple[Path, dict[str, Any]]:
+    from model_export.checkpoint import save_checkpoint
+    from model_export.onnx_export import export_bundle
+
+    info: dict[str, Any] = {}
+    ckpt_dir, bundle = work / "edge-checkpoint", work / "edge-bundle"
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    ckpt = build_edge_checkpoint(seed, steps)
+    info["unet_single_pass_flops"] = single_pass_unet_flops(ckpt, work)
+    save_checkpoint(ckpt, ckpt_dir)
+    info["params"] = {name: sum(p.numel() for p in getattr(ckpt, name).parameters())
+                      for name in ("unet", "vae", "dino")}
+    del ckpt
+    gc.collect()
+    export_bundle(ckpt_dir, bundle, precision="fp32", sampler="exact", overwrite=True, progress=True)
+    info["export_s"] = time.perf_counter() - t0
+    info["peak_rss_gb"] = _peak_rss_gb()
+    shutil.rmtree(ckpt_dir)
+    return bundle, info
+
+
+def edge_report(bundle: Path, unet_single: float) -> dict[str, Any]:
+    from edge_runtime.bundle import read_manifest
+    from edge_runtime.cost import flops_per_part
+    from edge_runtime.sampler import plan
+
+    manifest = read_manifest(bundle, verify=False)
+    models = dict(manifest.models)
+    models["unet"] = models["unet"].model_copy(update={"flops": {"1": unet_single}})
+    m = manifest.model_copy(update={"models": models})
+    steps = plan(m.glad, m.sampler, m.schedule.alphas_cumprod())
+    flops = flops_per_part(m)
+    ratio = EXACT_TFLOP * 1e12 / flops["total"]
+    return {"glad": m.glad.model_dump(), "timesteps": [st.t for st in steps], "checks": sum(st.check for st in steps),
+            "graphs": {role: e.flops for role, e in m.models.items()},
+            "bundle_unet_graph": manifest.models["unet"].flops, "flops": flops, "exact_tflop": EXACT_TFLOP,
+            "exact_over_this": ratio, "meets_target": bool(flops["total"] <= EDGE_TARGET_TFLOP * 1e12 and ratio >= 100)}
+
+
+def format_edge(rep: dict[str, Any]) -> str:
+    tf, g = 1e12, rep["glad"]
+    lines = [f"Edge student at {g['resolution']} px (dino {g['dino_resolution']} px), {len(rep['timesteps'])} steps "
+             f"t = {rep['timesteps']}, {rep['checks']} checks", "Per graph (GFLOP, batch 1 / batch 2)"]
+    for role, per_b in rep["graphs"].items():
+        lines.append(f"  {role:14s} " + " / ".join(f"{per_b[b] / 1e9:9.2f}" for b in sorted(per_b)))
+    f = rep["flops"]
+    lines.append("Per good part (TFLOP): " + ", ".join(f"{k} {v / tf:.3f}" for k, v in f.items()))
+    lines.append(f"exact / edge = {rep['exact_over_this']:.1f}x (exact {rep['exact_tflop']:.2f} TFLOP); target <= "
+                 f"{EDGE_TARGET_TFLOP} TFLOP and >= 100x: {'met' if rep['meets_target'] else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def main_edge(args: argparse.Namespace) -> int:
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "recipe": "edge", "steps": args.steps}
+    bundle, report["export"] = build_and_export_edge(work, args.seed, args.steps)
+    report.update(edge_report(bundle, report["export"]["unet_single_pass_flops"]))
+    print(format_edge(report))
+    out = args.json_out or work / "flops-edge.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    if args.delete_bundle:
+        shutil.rmtree(bundle)
+    return 0
 
 
 # -- counts ----------------------------------------------------------------------------------------
@@ -235,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-checkpoint", action="store_true", help="keep WORK_DIR/checkpoint (~4 GB) after export")
     ap.add_argument("--delete-bundle", action="store_true", help="delete the exported bundle (~4.4 GB) at the end")
+    ap.add_argument("--recipe", choices=["edge"], help="count a distillation recipe's student instead of GLAD")
+    ap.add_argument("--steps", type=int, default=EDGE_STEPS, help="sampler steps of the --recipe student")
     args = ap.parse_args(argv)
+    if args.recipe == "edge":
+        return main_edge(args)
 
     variants = [(int(n), int(k)) for n, k in (v.split(":") for v in args.variants.split(",") if v)]
     work = args.work_dir
