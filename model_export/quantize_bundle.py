@@ -22,6 +22,7 @@ from edge_runtime.bundle import MODEL_ROLES, FileEntry, Manifest, ModelEntry, re
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.onnx_refs import external_data_locations
 from edge_runtime.precision_record import GraphChoice, PrecisionPlan, QuantResult
+from model_export.int8_reader import read_index
 from model_export.quantize import QuantSettings, fp16_graph, quantize_graph
 
 MODES = ("fp16", "int8", "auto")
@@ -63,6 +64,8 @@ def _check(src: Path, manifest: Manifest, out: Path, options: QuantizeOptions) -
         raise GladEdgeError("INT8 needs calibration data: give --pack DIR (calibrate --int8-pack) or --normal DIR")
     if not 0.0 <= options.tolerance <= 1.0:
         raise GladEdgeError(f"--tolerance {options.tolerance} must lie in [0, 1]")
+    if options.pack is not None:  # a bad pack is refused before minutes of work
+        read_index(options.pack)
     if options.pseudo_size < 2:
         raise GladEdgeError(f"--pseudo-size {options.pseudo_size} must be >= 2")
 
