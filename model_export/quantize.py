@@ -49,6 +49,9 @@ class QuantSettings(BaseModel):
     weight_only_matmul: bool = Field(True, description="quantize only MatMuls with a constant weight (attention's "
                                      "activation x activation products stay float)")
     exclude_nodes: list[str] = Field(default_factory=list, description="further node names kept in float")
+    quantize_outputs: bool = Field(False, description="also quantize the outputs of quantized operators (lets "
+                                   "ONNX Runtime's CPU fuse QLinearConv; off: only their inputs, TensorRT's "
+                                   "placement, and a node kept float never sees a rounded input)")
     max_calls: int = Field(64, ge=1, le=10_000, description="pack calls used per graph (spread evenly)")
 
     @field_validator("quantize_ops", "keep_float_ops")
@@ -134,6 +137,7 @@ def quantize_graph(src: str | Path, dst: str | Path, pack: str | Path, role: str
             "CalibPercentile": settings.percentile,
             # biases stay float: TensorRT's parser refuses int32 DequantizeLinear, and it fuses the float bias
             "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": [] if settings.quantize_outputs else settings.effective_ops(),
         }
         with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
