@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import quantize_helpers
 
 from edge_runtime.bundle import MODEL_ROLES, read_manifest
 from edge_runtime.detector import Detector
@@ -26,6 +27,9 @@ from model_export.precision_plan import Plan, choose_auto
 from model_export.quantize import QuantSettings, quantize_graph
 from model_export.quantize_bundle import QuantizeOptions, quantize_bundle
 
+_image = quantize_helpers.image
+normals, pack, int8_bundle = quantize_helpers.normals, quantize_helpers.pack, quantize_helpers.int8_bundle  # fixtures
+
 # Parity of a whole INT8 bundle with fp32 on the random test checkpoint: 8-bit activations with one range per
 # tensor move each graph's output by a few percent of its range, and the score is a sum over the loop
 SCORE_RTOL = 0.10
@@ -35,41 +39,6 @@ SCORE_RTOL = 0.10
 # output is checked, by correlation; whether that costs accuracy is what --precision auto measures.
 GRAPH_RTOL = 0.15
 UNET_MIN_CORRELATION = 0.8
-
-
-def _image(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:64, 0:64]
-    base = np.stack([xx * 2 + 60, yy * 2 + 70, (xx + yy) + 80], axis=-1)
-    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def normals(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import cv2
-
-    d = tmp_path_factory.mktemp("normals")
-    for i in range(8):
-        cv2.imwrite(str(d / f"{i:02d}.png"), cv2.cvtColor(_image(i), cv2.COLOR_RGB2BGR))
-    return d
-
-
-@pytest.fixture(scope="module")
-def pack(small_bundle: Path, normals: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from calibration.int8_pack import write_int8_pack
-
-    det = Detector.load(small_bundle, backend="onnxruntime", engine_options={"intra_op_threads": 1})
-    out = tmp_path_factory.mktemp("pack") / "pack"
-    write_int8_pack(det, sorted(normals.glob("*.png"))[:4], out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def int8_bundle(small_bundle: Path, pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("q") / "int8"
-    quantize_bundle(small_bundle, out, QuantizeOptions(precision="int8", pack=pack, progress=False,
-                                                       engine_options={"intra_op_threads": 1}))
-    return out
 
 
 # -- the pack reader -----------------------------------------------------------------------------------
