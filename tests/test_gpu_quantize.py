@@ -23,9 +23,9 @@ normals, pack, int8_bundle = quantize_helpers.normals, quantize_helpers.pack, qu
 SCORE_RTOL = 0.05
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def gpu_ready() -> None:
-    """First among a test's fixtures, so that no bundle is quantized where the test cannot run."""
+    """Session-scoped and first among a test's fixtures, so that no bundle is quantized where the test cannot run."""
     try:
         from edge_runtime.engines.tensorrt import is_available
 
