@@ -70,7 +70,7 @@ def _check(src: Path, manifest: Manifest, out: Path, options: QuantizeOptions) -
         raise GladEdgeError(f"--pseudo-size {options.pseudo_size} must be >= 2")
 
 
-def _normals(folder: Path, options: QuantizeOptions) -> tuple[list[Path], list[Path]]:
+def split_normals(folder: Path, options: QuantizeOptions) -> tuple[list[Path], list[Path]]:
     """(images for the pack, images for the pseudo-validation set): disjoint where there are enough."""
     from calibration.image_sets import list_images
 
@@ -82,7 +82,7 @@ def _normals(folder: Path, options: QuantizeOptions) -> tuple[list[Path], list[P
     return (rest or files), files[len(files) - n_val:]
 
 
-def _record_pack(src: Path, images: list[Path], work: Path, options: QuantizeOptions) -> Path:
+def record_pack(src: Path, images: list[Path], work: Path, options: QuantizeOptions) -> Path:
     from calibration.int8_pack import write_int8_pack
     from edge_runtime.detector import Detector
 
@@ -91,7 +91,7 @@ def _record_pack(src: Path, images: list[Path], work: Path, options: QuantizeOpt
     return work / "pack"
 
 
-def _variants(src: Path, manifest: Manifest, work: Path, precisions: list[str], pack: Path | None,
+def make_variants(src: Path, manifest: Manifest, work: Path, precisions: list[str], pack: Path | None,
               settings: QuantSettings, progress: bool) -> tuple[dict[str, dict[str, Path]], dict[str, QuantResult]]:
     variants: dict[str, dict[str, Path]] = {role: {} for role in manifest.models}
     results: dict[str, QuantResult] = {}
@@ -121,7 +121,7 @@ def _validation_set(images: list[Path], options: QuantizeOptions) -> Any:
     return data, info
 
 
-def _auto(src: Path, manifest: Manifest, variants: dict[str, dict[str, Path]], images: list[Path],
+def auto_plan(src: Path, manifest: Manifest, variants: dict[str, dict[str, Path]], images: list[Path],
           options: QuantizeOptions) -> tuple[dict[str, str], dict[str, GraphChoice], dict[str, Any], Any, Any]:
     from edge_runtime.sampler import sampler_params
     from model_export.precision_plan import PlanBench, choose_auto, measure
@@ -152,7 +152,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, options: QuantizeOption
     pack_images: list[Path] = []
     val_images: list[Path] = []
     if options.normal is not None:
-        pack_images, val_images = _normals(options.normal, options)
+        pack_images, val_images = split_normals(options.normal, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     staged = work / "bundle"
@@ -161,14 +161,14 @@ def quantize_bundle(bundle: str | Path, out: str | Path, options: QuantizeOption
         pack = options.pack
         if options.precision != "fp16" and pack is None:
             _log(f"recording the INT8 pack from {len(pack_images)} normal images", options.progress)
-            pack = _record_pack(src, pack_images, work, options)
+            pack = record_pack(src, pack_images, work, options)
         precisions = {"fp16": ["fp16"], "int8": ["int8"], "auto": ["fp16", "int8"]}[options.precision]
-        variants, quantized = _variants(src, manifest, work / "variants", precisions, pack, options.settings,
+        variants, quantized = make_variants(src, manifest, work / "variants", precisions, pack, options.settings,
                                         options.progress)
         validation: dict[str, Any] = {}
         base = result = None
         if options.precision == "auto":
-            plan, graphs, validation, base, result = _auto(src, manifest, variants, val_images, options)
+            plan, graphs, validation, base, result = auto_plan(src, manifest, variants, val_images, options)
         else:
             plan = {role: options.precision for role in manifest.models}
             graphs = {role: GraphChoice(precision=options.precision) for role in manifest.models}
