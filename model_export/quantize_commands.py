@@ -54,7 +54,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from edge_runtime.cli import require_extra
     from edge_runtime.glad_config import format_validation_error
+
+    require_extra("torch", "onnx")  # the fp16 converter and the graph checks come with the export extra
     from model_export.quantize import QuantSettings
     from model_export.quantize_bundle import QuantizeOptions, quantize_bundle
 
