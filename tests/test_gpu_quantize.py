@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import quantize_helpers
-from gpu_required import unavailable
+from gpu_required import require_tensorrt_backend
 
 pytestmark = pytest.mark.gpu
 
@@ -26,14 +26,7 @@ SCORE_RTOL = 0.05
 @pytest.fixture(scope="session")
 def gpu_ready() -> None:
     """Session-scoped and first among a test's fixtures, so that no bundle is quantized where the test cannot run."""
-    try:
-        from edge_runtime.engines.tensorrt import is_available
-
-        reason = None if is_available() else "no CUDA device"
-    except Exception as e:  # no pycuda, no libcuda, no TensorRT: the reason is in the message
-        reason = f"TensorRT backend not available here: {e}"
-    if reason is not None:
-        unavailable(reason)
+    require_tensorrt_backend()
 
 
 def test_int8_engines_match_onnxruntime_int8(gpu_ready: None, int8_bundle: Path, tmp_path: Path) -> None:
