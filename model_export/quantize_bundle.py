@@ -159,6 +159,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, options: QuantizeOption
     staged.mkdir(parents=True)
     try:
         pack = options.pack
+        pack_source = str(pack.resolve()) if pack is not None else f"recorded from {len(pack_images)} normal images"
         if options.precision != "fp16" and pack is None:
             _log(f"recording the INT8 pack from {len(pack_images)} normal images", options.progress)
             pack = record_pack(src, pack_images, work, options)
@@ -181,7 +182,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, options: QuantizeOption
             source_bundle=f"{manifest.bundle_version} ({src.resolve()})",
             tolerance_i_auroc=options.tolerance if options.precision == "auto" else None,
             validation=validation,
-            quantization={**options.settings.model_dump(), "pack": str(pack)} if "int8" in plan.values() else {},
+            quantization={**options.settings.model_dump(), "pack": pack_source} if "int8" in plan.values() else {},
             graphs=graphs, fp32=base, result=result,
         )
         new = _assemble(src, manifest, staged, plan, variants, record)
