@@ -120,6 +120,20 @@ def test_cli_refuses_a_bad_pack_with_one_line(small_bundle: Path, tmp_path: Path
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
+def test_cli_writes_an_fp16_bundle(small_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fp16"
+    r = subprocess.run([sys.executable, "-m", "edge_runtime", "quantize", str(small_bundle), "--out", str(out),
+                        "--precision", "fp16", "--quiet", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "plan: vae_encoder fp16, unet fp16" in r.stdout
+    m = read_manifest(out)
+    assert {e.precision for e in m.models.values()} == {"fp16"} and m.bundle_version.endswith("+fp16")
+    assert m.precision_plan is not None and m.precision_plan.quantization == {}  # nothing was quantized
+    graph = onnx.load(str(out / "unet.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+
+
 # -- one graph -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("role", MODEL_ROLES)
 def test_int8_graph_is_qdq_and_close_to_fp32(small_bundle: Path, pack: Path, tmp_path: Path, role: str) -> None:
