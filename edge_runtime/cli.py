@@ -327,7 +327,8 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
                              kernels=_kernels(args))
     target = manifest.engines[next(iter(manifest.engines))].target
     assert target is not None
-    print(f"wrote {len(manifest.engines)} {args.precision} engines into {args.bundle} "
+    kinds = sorted({e.precision for e in manifest.engines.values()})  # int8: each graph at its plan's precision
+    print(f"wrote {len(manifest.engines)} {'/'.join(kinds)} engines into {args.bundle} "
           f"({target.library} {target.version}, {', '.join(target.compute_capabilities)})")
     return 0
 
