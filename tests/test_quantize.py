@@ -124,7 +124,7 @@ def test_cli_writes_an_fp16_bundle(small_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "fp16"
     r = subprocess.run([sys.executable, "-m", "edge_runtime", "quantize", str(small_bundle), "--out", str(out),
                         "--precision", "fp16", "--quiet", "--threads", "1"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     assert "plan: vae_encoder fp16, unet fp16" in r.stdout
     m = read_manifest(out)
