@@ -20,6 +20,7 @@ from edge_runtime.errors import GladEdgeError
 from edge_runtime.glad_config import GladConfig, format_validation_error
 from edge_runtime.nesting import parse_json
 from edge_runtime.onnx_refs import external_data_locations
+from edge_runtime.precision_record import PrecisionPlan
 from edge_runtime.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, alphas_cumprod
 
 SCHEMA_VERSION = 1
@@ -127,6 +128,7 @@ class Manifest(_Strict):
     noise: NoiseEntry
     threshold: float | None = None
     calibration: CalibrationRecord | None = None  # glad-edge calibrate's record
+    precision_plan: PrecisionPlan | None = None  # glad-edge quantize's record (docs/quantization.md)
     models: dict[str, ModelEntry]
     # TensorRT engines built from ``models`` (glad-edge build-engines), per role; empty: none built
     engines: dict[str, ModelEntry] = Field(default_factory=dict)
@@ -176,7 +178,7 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Path:
     path = d / MANIFEST
     tmp = path.with_suffix(".tmp")
     # Left out while empty, so a bundle without engines or kernels still reads on runtimes older than them.
-    unused = {key for key in ("engines", "kernels", "version", "selftest", "calibration")
+    unused = {key for key in ("engines", "kernels", "version", "selftest", "calibration", "precision_plan")
               if getattr(manifest, key) in (None, {})}
     tmp.write_text(manifest.model_dump_json(indent=2, exclude=unused) + "\n")
     tmp.replace(path)

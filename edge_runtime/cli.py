@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from calibration import commands as calibration_commands
 from edge_runtime.errors import GladEdgeError, UsageError
+from model_export import quantize_commands
 from model_export.distill.commands import add_gate_arguments
 
 if TYPE_CHECKING:
@@ -137,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         "capabilities given. A failed build leaves the bundle as it was.",
     )
     p.add_argument("bundle", type=Path, help="bundle directory (from glad-edge export)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp16",
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
                    help="engine precision (default fp16; an fp32 bundle is converted on the fly, which needs the "
-                   "export extra; an fp16 bundle cannot give fp32 engines)")
+                   "export extra; an fp16 bundle cannot give fp32 engines; int8: from the QDQ graphs of a bundle "
+                   "made by glad-edge quantize, each graph at its own precision)")
     p.add_argument("--overwrite", action="store_true", help="replace engines the bundle already has")
     _add_engine_build_options(p)
     p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's)")
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub, _Parser)
     add_distill_parser(sub, _Parser)
     calibration_commands.add_parsers(sub)
+    quantize_commands.add_parsers(sub)
     return parser
 
 
@@ -361,7 +364,8 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
                              kernels=_kernels(args))
     target = manifest.engines[next(iter(manifest.engines))].target
     assert target is not None
-    print(f"wrote {len(manifest.engines)} {args.precision} engines into {args.bundle} "
+    kinds = sorted({e.precision for e in manifest.engines.values()})  # int8: each graph at its plan's precision
+    print(f"wrote {len(manifest.engines)} {'/'.join(kinds)} engines into {args.bundle} "
           f"({target.library} {target.version}, {', '.join(target.compute_capabilities)})")
     return 0
 
@@ -515,6 +519,7 @@ COMMANDS = {
     "bundle": _cmd_bundle,
     "publish-update": _cmd_publish_update,
     **calibration_commands.COMMANDS,
+    **quantize_commands.COMMANDS,
 }
 
 

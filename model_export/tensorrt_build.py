@@ -12,8 +12,10 @@ One builder for both NVIDIA libraries:
 Precision comes from the graph: networks are strongly typed wherever the library has the flag (TensorRT-RTX
 has nothing else), so an fp16 engine is built from an fp16 ONNX graph (an fp32 bundle is converted on the
 fly with the exporter's converter; inputs and outputs stay float32). Only a TensorRT without
-STRONGLY_TYPED gets the fp32 graph with BuilderFlag.FP16. INT8 would come from QDQ nodes in the ONNX
-graph (neither library's current version has calibrators); it is not built here.
+STRONGLY_TYPED gets the fp32 graph with BuilderFlag.FP16. INT8 comes from the QuantizeLinear/DequantizeLinear
+nodes of a bundle made by ``glad-edge quantize`` (explicit quantization; neither library's current version
+has calibrators): ``precision="int8"`` builds every graph at its own precision, the QDQ ones in INT8, so a
+mixed-precision plan keeps its fp16 and fp32 graphs as chosen (docs/quantization.md).
 
 Graphs are static except the leading batch axis of vae_decoder, dino and dino_adaptive, which gets one
 optimisation profile, batch 1..2 (what the runtime uses), optimised for 2.
@@ -50,7 +52,7 @@ from edge_runtime.engine_target import normalize_cc
 from edge_runtime.errors import GladEdgeError
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_DIR = "engines"
 KERNEL_DIR = "kernels"
 ENGINE_SUFFIX = ".engine"
@@ -321,6 +323,8 @@ def build_engine(
     strongly = is_strongly_typed(trt)
     if not strongly and precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    if not strongly and precision == "int8":  # a weakly typed TensorRT needs the flag to honour Q/DQ in INT8
+        config.set_flag(trt.BuilderFlag.INT8)
     tf32 = _flag(getattr(trt, "BuilderFlag", None), "TF32")
     if precision == "fp32" and tf32 is not None:
         config.clear_flag(tf32)  # on by default; fp32 means fp32 here, like the reference (TF32 off)
@@ -382,8 +386,9 @@ def _fp16_graph(bundle: Path, entry: ModelEntry, extra_files: Sequence[str], scr
 
 
 def _graph_for(trt: Any, role: str, entry: ModelEntry, precision: str) -> str:
-    """'as is' or 'fp16': which graph builds an engine of ``precision`` from this ONNX entry."""
-    if entry.precision == precision:
+    """'as is' or 'fp16': which graph builds an engine of ``precision`` from this ONNX entry. An int8 build takes
+    every graph as it is (QDQ graphs in INT8, the others at the precision the plan kept them in)."""
+    if entry.precision == precision or precision == "int8":
         return "as is"
     if entry.precision == "fp32" and precision == "fp16":
         return "fp16" if is_strongly_typed(trt) else "as is"  # weakly typed: BuilderFlag.FP16 does it
@@ -417,8 +422,7 @@ def build_engines(
     Returns the new manifest.
     """
     if precision not in PRECISIONS:
-        raise GladEdgeError(f"precision {precision!r} is not built here (choose from {', '.join(PRECISIONS)}; "
-                            "INT8 needs a QDQ-quantized ONNX graph)")
+        raise GladEdgeError(f"precision {precision!r} is not built here (choose from {', '.join(PRECISIONS)})")
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
     if manifest.engines and not overwrite:
@@ -434,6 +438,9 @@ def build_engines(
     # refuse what would fail later before building anything
     for role in MODEL_ROLES:
         _graph_for(trt, role, manifest.models[role], precision)
+    if precision == "int8" and not any(m.precision == "int8" for m in manifest.models.values()):
+        raise GladEdgeError(f"{bundle}: no INT8 (QDQ) graph to build an INT8 engine from; make one with "
+                            "glad-edge quantize --precision int8|auto")
     if compute_capabilities and hasattr(trt, "ComputeCapability"):
         for cc in compute_capabilities:
             _cc_member(trt, cc)
@@ -467,16 +474,17 @@ def build_engines(
                 if _graph_for(trt, role, entry, precision) == "fp16":
                     graph = _fp16_graph(bundle, entry, extras, work / "graphs" / role)
                 name = f"{role}{ENGINE_SUFFIX}"
-                target = build_engine(graph, staged / name, precision=precision, timing_cache=cache,
+                own = entry.precision if precision == "int8" else precision
+                target = build_engine(graph, staged / name, precision=own, timing_cache=cache,
                                       compute_capabilities=compute_capabilities, workspace_mb=workspace_mb,
                                       log=say, trt=trt)
                 engines[role] = ModelEntry(
-                    file=f"{ENGINE_DIR}/{name}", format="tensorrt", precision=precision, backend="tensorrt",
+                    file=f"{ENGINE_DIR}/{name}", format="tensorrt", precision=own, backend="tensorrt",
                     target=target, inputs=entry.inputs, outputs=entry.outputs, flops=entry.flops,
                 )
                 if say is not None:
                     size = (staged / name).stat().st_size
-                    say(f"{ENGINE_DIR}/{name}: {size / 1e6:.1f} MB {precision}, "
+                    say(f"{ENGINE_DIR}/{name}: {size / 1e6:.1f} MB {own}, "
                         f"{', '.join(target.compute_capabilities)}, {time.perf_counter() - t0:.1f} s")
                 bar.update(1)
         shutil.rmtree(work / "graphs", ignore_errors=True)

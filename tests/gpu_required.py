@@ -13,3 +13,16 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("GLAD_EDGE_GPU_REQUIRED"):
         pytest.fail(f"GPU check required but cannot run: {reason}")
     pytest.skip(reason)
+
+
+def require_tensorrt_backend() -> None:
+    """Skip (or fail, under gpu-check.sh) where the TensorRT backend cannot run: no CUDA device, pycuda or
+    TensorRT library."""
+    try:
+        from edge_runtime.engines.tensorrt import is_available
+
+        reason = None if is_available() else "no CUDA device"
+    except Exception as e:  # no pycuda, no libcuda, no TensorRT: the reason is in the message
+        reason = f"TensorRT backend not available here: {e}"
+    if reason is not None:
+        unavailable(reason)

@@ -37,6 +37,7 @@ def no_torch(tmp_path: Path) -> dict[str, str]:
     ["make-checkpoint", "--out", "ckpt"],
     ["distill", "ckpt", "--out", "student", "--images", "good"],
     ["inspect", "CKPT", "part.png"],
+    ["quantize", "bundle", "--out", "q", "--precision", "fp16"],
 ])
 def test_torch_commands_on_a_base_install_name_the_extra(argv: list[str], no_torch: dict[str, str],
                                                           tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_required import unavailable
+from gpu_required import require_tensorrt_backend
 from parity_cases import CASES, parity_noise
 
 from edge_runtime.errors import GladEdgeError
@@ -22,18 +22,6 @@ pytestmark = pytest.mark.gpu
 
 # TensorRT may pick different (but valid) kernels than ONNX Runtime's CPU ones; fp16 stores activations in half
 TOLERANCE = {"fp32": 2e-3, "fp16": 3e-2}
-
-
-def _require_gpu() -> None:
-    """Skip where no GPU path exists; scripts/gpu-check.sh sets GLAD_EDGE_GPU_REQUIRED so that it fails instead."""
-    try:
-        from edge_runtime.engines.tensorrt import is_available
-
-        reason = None if is_available() else "no CUDA device"
-    except Exception as e:  # no pycuda, no libcuda, no TensorRT: the reason is in the message
-        reason = f"TensorRT backend not available here: {e}"
-    if reason is not None:
-        unavailable(reason)
 
 
 def _with_engines(src: Path, dst: Path, precision: str) -> Path:
@@ -46,7 +34,7 @@ def _with_engines(src: Path, dst: Path, precision: str) -> Path:
 
 @pytest.fixture(scope="module")
 def trt_bundles(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    _require_gpu()
+    require_tensorrt_backend()
     root = tmp_path_factory.mktemp("trt")
     return {p: _with_engines(small_bundle, root / p, p) for p in ("fp32", "fp16")}
 
@@ -119,7 +107,7 @@ def test_cuda_graph_replay_equals_eager(trt_bundles: dict[str, Path], part_image
 def test_tensorrt_matches_oracle(bundles: dict[str, Path], ckpts: dict[str, Path], oracle_results: dict,
                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """fp32 engines on the six parity cases against the independent oracle, same bounds as ONNX Runtime."""
-    _require_gpu()
+    require_tensorrt_backend()
     from edge_runtime import Detector
 
     root = tmp_path_factory.mktemp("trt-parity")
