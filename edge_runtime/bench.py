@@ -25,6 +25,12 @@ def bench_image(seed: int = 0, size: int = 384) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _sampler(glad: Any, name: str, steps: int | None, check_every: int | None) -> Any:
+    """``steps`` and ``check_every`` are the fast sampler's (the CLI refuses them with exact)."""
+    fast = name == "fast"
+    return sampler_params(glad, name, steps if fast else None, check_every if fast else None)
+
+
 def run_bench(
     bundle: str | Path,
     samplers: list[str],
@@ -43,10 +49,9 @@ def run_bench(
     report: dict[str, Any] = {"bundle": str(bundle), "runs": runs, "samplers": {}}
     detectors = {}
     for name in samplers:
-        params = sampler_params(manifest.glad, name, steps if name == "fast" else None,
-                                check_every if name == "fast" else None)
+        params = _sampler(manifest.glad, name, steps, check_every)
         detectors[name] = Detector.load(bundle, backend=backend, engine_options=engine_options, sampler=params)
-    report["samplers"] = _interleave(detectors, image, runs, warmup)
+    report["samplers"] = interleave(detectors, image, runs, warmup)
     if {"exact", "fast"} <= set(report["samplers"]):
         e, f = report["samplers"]["exact"], report["samplers"]["fast"]
         report["exact_over_fast"] = {
@@ -57,7 +62,7 @@ def run_bench(
     return report
 
 
-def _interleave(detectors: dict[str, Any], image: np.ndarray, runs: int, warmup: int) -> dict[str, dict[str, Any]]:
+def interleave(detectors: dict[str, Any], image: np.ndarray, runs: int, warmup: int) -> dict[str, dict[str, Any]]:
     """Run every detector once per round, round after round, so a machine that slows down affects all of them
     alike; per detector: median ms per stage, model calls and FLOPs of the last part."""
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in detectors}
@@ -105,12 +110,10 @@ def run_bench_bundles(
     for i, bundle in enumerate(bundles):
         params = None
         if sampler != BUNDLE_SAMPLER:
-            glad = read_manifest(bundle, verify=False).glad
-            fast = sampler == "fast"
-            params = sampler_params(glad, sampler, steps if fast else None, check_every if fast else None)
+            params = _sampler(read_manifest(bundle, verify=False).glad, sampler, steps, check_every)
         detectors[f"{i}:{bundle}"] = Detector.load(bundle, backend=backend, engine_options=engine_options,
                                                    sampler=params)
-    results = _interleave(detectors, image, runs, warmup)
+    results = interleave(detectors, image, runs, warmup)
     rows = [{"bundle": key.split(":", 1)[1], **r} for key, r in results.items()]
     first = rows[0]
     for row in rows:

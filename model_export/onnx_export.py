@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,6 +65,7 @@ from edge_runtime.sampler import sampler_params
 from model_export.checkpoint import Checkpoint, encode_mean, load_checkpoint
 from model_export.dino import DinoViT
 from model_export.onnx_flops import count_flops
+from model_export.staging import refuse_existing, staged
 
 PRECISIONS = ("fp32", "fp16")
 UNET_GUIDANCE = ("graph", "batch2")
@@ -458,8 +458,7 @@ def export_bundle(
     if unet_guidance not in UNET_GUIDANCE:
         raise GladEdgeError(f"unet_guidance {unet_guidance!r}: choose from {UNET_GUIDANCE}")
     out = Path(out_dir)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise GladEdgeError(f"{out}: already exists (choose a new output directory or overwrite)")
+    refuse_existing(out, overwrite)
     ckpt = load_checkpoint(checkpoint_dir)
     glad = ckpt.config
     try:
@@ -469,10 +468,8 @@ def export_bundle(
     schedule = _schedule(ckpt)
     specs = graph_specs(ckpt, unet_guidance)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged(out) as tmp:
+        tmp.mkdir()
         models, extra_files, verification = _write_graphs(specs, tmp, precision, opset, progress)
         noise = ckpt.default_noise().astype(np.float32)
         np.save(tmp / "noise.npy", noise, allow_pickle=False)
@@ -509,10 +506,6 @@ def export_bundle(
             manifest.selftest = make_selftest(tmp, manifest)
             write_manifest(tmp, manifest)
         read_manifest(tmp)  # the bundle as the device will read it: schema and every hash
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -563,19 +556,6 @@ def _write_graphs(
             bar.update(1)
     shutil.rmtree(scratch, ignore_errors=True)
     return models, extra_files, verification
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:  # overwrite: keep the old bundle until the new one is in place
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-    os.replace(tmp, out)
 
 
 __all__ = ["VERIFY_TOLERANCE", "export_bundle", "graph_specs", "save_graph", "verify_graph"]

@@ -24,6 +24,7 @@ from edge_runtime.onnx_refs import external_data_locations
 from edge_runtime.precision_record import GraphChoice, PrecisionPlan, QuantResult
 from model_export.int8_reader import read_index
 from model_export.quantize import QuantSettings, fp16_graph, quantize_graph
+from model_export.staging import move_into_place
 
 MODES = ("fp16", "int8", "auto")
 DEFAULT_TOLERANCE = 0.005
@@ -186,7 +187,7 @@ def quantize_bundle(bundle: str | Path, out: str | Path, options: QuantizeOption
             graphs=graphs, fp32=base, result=result,
         )
         new = _assemble(src, manifest, staged, plan, variants, record)
-        _move_into_place(staged, out)
+        move_into_place(staged, out)  # _check allowed only an empty folder at out
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return new
@@ -230,8 +231,3 @@ def _assemble(src: Path, manifest: Manifest, staged: Path, plan: dict[str, str],
     write_manifest(staged, new)
     return read_manifest(staged)
 
-
-def _move_into_place(staged: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()  # _check allowed only an empty folder
-    staged.rename(out)

@@ -580,23 +580,17 @@ def export_with_engines(
 ) -> Path:
     """``export_bundle`` at ``precision`` and then ``build_engines`` at it, as one step: the bundle appears
     at ``out_dir`` only when both succeeded."""
-    from model_export.onnx_export import _move_into_place, export_bundle
+    from model_export.onnx_export import export_bundle
+    from model_export.staging import refuse_existing, staged
 
     out = Path(out_dir)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise GladEdgeError(f"{out}: already exists (choose a new output directory or overwrite)")
+    refuse_existing(out, overwrite)
     import_tensorrt(library)  # before minutes of export, not after
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged(out) as tmp:
         export_bundle(checkpoint_dir, tmp, precision=precision, progress=progress, **export_options)
         build_engines(tmp, precision=precision, timing_cache=timing_cache,
                       compute_capabilities=compute_capabilities, progress=progress, library=library,
                       kernels=kernels)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibration.evaluate import inspect_all, list_dataset, metrics_of  # noqa: E402
-from edge_runtime.bench import bench_image  # noqa: E402
+from edge_runtime.bench import bench_image, interleave  # noqa: E402
 from edge_runtime.bundle import read_manifest  # noqa: E402
 from edge_runtime.cost import flops_per_part  # noqa: E402
 from edge_runtime.detector import Detector  # noqa: E402
@@ -66,16 +65,9 @@ def accuracy(bundle: Path, data: Path, sampler: str, progress: bool) -> dict[str
 
 def cpu_times(rows: dict[str, tuple[Path, str]], runs: int, warmup: int = 1) -> dict[str, float]:
     """Median ms per part, the bundles interleaved run by run."""
-    image = bench_image()
     dets = {name: Detector.load(b, backend="onnxruntime", sampler=sampler_params(read_manifest(b).glad, s))
             for name, (b, s) in rows.items()}
-    samples: dict[str, list[float]] = {name: [] for name in rows}
-    for i in range(warmup + runs):
-        for name, det in dets.items():
-            ms = det.inspect(image).timings_ms["total"]
-            if i >= warmup:
-                samples[name].append(ms)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return {name: r["ms_median"]["total"] for name, r in interleave(dets, bench_image(), runs, warmup).items()}
 
 
 def main() -> None:

@@ -122,10 +122,10 @@ def distill(teacher_dir: str | Path, out: str | Path, recipe: Recipe, images: st
     from model_export.distill.data import load_distill_data
     from model_export.distill.harness import TrainSettings, process_group, world
     from model_export.distill.student import checkpoint_sha256, make_student, write_student
+    from model_export.staging import refuse_existing
 
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise GladEdgeError(f"{out}: already exists (choose a new output directory or --overwrite)")
+    refuse_existing(out, overwrite, "--overwrite")
     modules = {name: registry.technique(name) for name, _ in recipe.ordered()}  # all present before training
     options = {}
     for name, spec in recipe.ordered():

@@ -10,9 +10,7 @@ acceptance either way (``source.distill``).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,17 +160,15 @@ def export_student(checkpoint_dir: str | Path, out_dir: str | Path, opts: GateOp
                    progress: bool = True, **export_options: Any) -> tuple[Path, dict[str, Any]]:
     """Export a student checkpoint and gate it: the bundle appears at ``out_dir`` only when the student is
     within the tolerances or the loss is accepted; the manifest's ``source.distill`` records the gate."""
-    from model_export.onnx_export import _move_into_place, export_bundle
+    from model_export.onnx_export import export_bundle
+    from model_export.staging import refuse_existing, staged
 
     info = read_distill_info(checkpoint_dir)
     if info is None:
         raise GladEdgeError(f"{checkpoint_dir}: no distill.json (not a student checkpoint)")
     out = Path(out_dir)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise GladEdgeError(f"{out}: already exists (choose a new output directory or overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.gate-{uuid.uuid4().hex[:8]}"
-    try:
+    refuse_existing(out, overwrite)
+    with staged(out, "gate") as tmp:
         export_bundle(checkpoint_dir, tmp, progress=progress, **export_options)
         gate = evaluate(tmp, info, opts, progress)
         if not gate["passed"] and not opts.accept_loss:
@@ -184,10 +180,6 @@ def export_student(checkpoint_dir: str | Path, out_dir: str | Path, opts: GateOp
                                       "techniques": sorted(info.get("techniques", {})), "gate": gate}
         write_manifest(tmp, manifest)
         read_manifest(tmp)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, gate
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from edge_runtime.bundle import sha256_file
 from edge_runtime.errors import GladEdgeError
 from edge_runtime.nesting import parse_json
 from model_export.checkpoint import Checkpoint, save_checkpoint
+from model_export.staging import refuse_existing, staged
 
 DISTILL_JSON = "distill.json"
 MAX_DISTILL_JSON_BYTES = 1 << 20
@@ -46,19 +45,10 @@ def write_student(student: Checkpoint, out: str | Path, info: dict[str, Any], ov
     """Save the student checkpoint and its distill.json; written beside ``out`` and renamed into place, so a
     failure leaves no half-written student."""
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise GladEdgeError(f"{out}: already exists (choose a new output directory or --overwrite)")
-    from model_export.onnx_export import _move_into_place
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    refuse_existing(out, overwrite, "--overwrite")
+    with staged(out) as tmp:
         save_checkpoint(student, tmp)
         (tmp / DISTILL_JSON).write_text(json.dumps(info, indent=2) + "\n")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
