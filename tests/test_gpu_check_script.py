@@ -136,18 +136,18 @@ prev=; for a in "$@"; do [ "$prev" = -c ] && [ -f "$a" ] && sed 's/^/PIN /' "$a"
     assert "pip" not in log.read_text()
 
 
-def test_setup_outside_a_virtualenv_installs_into_the_project_venv(tmp_path: Path) -> None:
-    """A distribution's Python (not a virtualenv, PEP 668 refuses pip there): setup.sh creates .venv once, with
-    --system-site-packages, and every pip install goes through .venv/bin/python; test.sh's Python is the same.
-    setup.sh and python.sh run from a copy of scripts/ so that the stand-in .venv is not made in the checkout;
-    the stand-in Pythons log what they are asked and install nothing."""
+def _distribution_python(tmp_path: Path, scripts: tuple[str, ...], venv_case: str) -> tuple[dict[str, str], Path]:
+    """A copy of ``scripts`` under tmp_path/scripts (so no stand-in .venv is made in the checkout) and the env of a
+    distribution's Python (not a virtualenv): a stand-in system Python whose ``-m venv`` makes a stand-in
+    .venv/bin/python; both log their calls to the returned log and install nothing. ``venv_case`` is a bash
+    ``case`` arm of the venv Python (what it answers besides exit 0)."""
     (tmp_path / "scripts").mkdir()
-    for name in ("setup.sh", "python.sh", "make-venv.sh"):
+    for name in scripts:
         shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
     log = tmp_path / "python.log"
     venv_python = f"""#!/usr/bin/env bash
 echo "VENV $*" >>{log}
-case "$*" in *"import torch"*) exit 1 ;; esac
+case "$*" in {venv_case} esac
 exit 0
 """
     system = _stub(tmp_path / "system-python", f"""echo "SYSTEM $*" >>{log}
@@ -158,6 +158,16 @@ exit 0
 """)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PYTHON"] = str(system)
+    return env, log
+
+
+def test_setup_outside_a_virtualenv_installs_into_the_project_venv(tmp_path: Path) -> None:
+    """A distribution's Python (not a virtualenv, PEP 668 refuses pip there): setup.sh creates .venv once, with
+    --system-site-packages, and every pip install goes through .venv/bin/python; test.sh's Python is the same.
+    setup.sh and python.sh run from a copy of scripts/ so that the stand-in .venv is not made in the checkout;
+    the stand-in Pythons log what they are asked and install nothing."""
+    env, log = _distribution_python(tmp_path, ("setup.sh", "python.sh", "make-venv.sh"),
+                                    '*"import torch"*) exit 1 ;;')
     for _ in range(2):
         proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True,
                               env=env, timeout=300, check=False)
@@ -178,23 +188,8 @@ def test_gpu_check_on_a_distribution_python_asks_its_venv(tmp_path: Path) -> Non
     installed when missing, by the project's .venv Python, not by the system's: gpu-check.sh makes the .venv
     first. Run from a copy of scripts/ with stand-in Pythons that log their calls; the venv's gpu_target.py
     refuses, so the script stops there."""
-    (tmp_path / "scripts").mkdir()
-    for name in ("gpu-check.sh", "python.sh", "make-venv.sh", "gpu_target.py"):
-        shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
-    log = tmp_path / "python.log"
-    venv_python = f"""#!/usr/bin/env bash
-echo "VENV $*" >>{log}
-case "$*" in *gpu_target.py*) echo "gpu-check: refused by the venv" >&2; exit 1 ;; esac
-exit 0
-"""
-    system = _stub(tmp_path / "system-python", f"""echo "SYSTEM $*" >>{log}
-if [ "$1" = -m ] && [ "$2" = venv ]; then
-  mkdir -p .venv/bin && printf '%s' '{venv_python}' >.venv/bin/python && chmod +x .venv/bin/python
-fi
-exit 0
-""")
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    env["PYTHON"] = str(system)
+    env, log = _distribution_python(tmp_path, ("gpu-check.sh", "python.sh", "make-venv.sh", "gpu_target.py"),
+                                    '*gpu_target.py*) echo "gpu-check: refused by the venv" >&2; exit 1 ;;')
     proc = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu-check.sh")], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     assert proc.returncode == 1 and "gpu-check: refused by the venv" in proc.stderr, proc.stderr
