@@ -8,8 +8,9 @@ For every recipe: distil the teacher (on DATASET/train/good), export the student
 measure I-AUROC and P-AUROC with the runtime Detector. FLOPs per good part come from the graphs
 (edge_runtime/cost.py); CPU ms per part are medians over ``--runs`` inspections of one synthetic part,
 bundles interleaved run by run (as ``glad-edge bench`` does) so a slower moment hits every bundle alike.
-Writes OUT/table.json and prints a Markdown table. Recipes whose techniques this installation lacks are
-skipped, and the combination leaves those techniques out (reported).
+A student already in OUT, made by the same recipe from the same teacher, is reused (its distillation
+time is the one distill.json records). Writes OUT/table.json and prints a Markdown table. Recipes whose
+techniques this installation lacks are skipped, and the combination leaves those techniques out (reported).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edge_runtime.sampler import sampler_params  # noqa: E402
 from model_export.distill import registry  # noqa: E402
 from model_export.distill.commands import distill, resolve_recipe  # noqa: E402
 from model_export.distill.gate import GateOptions, export_student  # noqa: E402
+from model_export.distill.student import checkpoint_sha256, read_distill_info  # noqa: E402
 
 DEFAULT_RECIPES = [f"{n}-demo" for n in registry.ORDER] + ["edge-demo"]
 
@@ -45,10 +47,17 @@ def build(teacher: Path, data: Path, out: Path, recipe_name: str, teacher_bundle
     if missing:
         recipe = recipe.select(skip=missing)
     student = out / f"student-{recipe_name}"
-    t0 = time.perf_counter()
-    info = distill(teacher, student, recipe, data / "train" / "good", progress=progress, overwrite=True,
-                   work=out / "work" / recipe_name)
-    train_s = time.perf_counter() - t0
+    info = read_distill_info(student) if student.is_dir() else None
+    if (info is not None and info["recipe"] == recipe.model_dump()
+            and info["teacher"]["sha256"] == checkpoint_sha256(teacher)):
+        # the same recipe on the same teacher: reuse the student (its training time is in distill.json)
+        train_s = sum(m.get("seconds", 0.0) for m in info["techniques"].values())
+        train_s += info.get("ads_threshold", {}).get("seconds", 0.0)
+    else:
+        t0 = time.perf_counter()
+        info = distill(teacher, student, recipe, data / "train" / "good", progress=progress, overwrite=True,
+                       work=out / "work" / recipe_name)
+        train_s = time.perf_counter() - t0
     bundle, gate = export_student(student, out / f"bundle-{recipe_name}",
                                   GateOptions(images=data / "test" / "good", teacher_bundle=teacher_bundle,
                                               accept_loss=True), progress=progress, overwrite=True)

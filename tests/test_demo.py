@@ -12,6 +12,7 @@ from calibration.demo import format_summary, run_demo
 from edge_runtime.bundle import read_manifest
 from edge_runtime.detector import Detector
 from edge_runtime.images import read_rgb
+from model_export.distill import steps
 
 
 def test_demo_end_to_end_small(tmp_path):
@@ -57,7 +58,11 @@ def test_demo_end_to_end_small(tmp_path):
     gate = edge.source["distill"]["gate"]
     assert set(gate["sets"]["pseudo"]) >= {"delta_i_auroc", "delta_p_auroc", "spearman"}
     assert edge.source["unet_passes"] == 1 and on_disk["edge"]["build_s"] > 0
-    assert set(on_disk["edge"]["hyper_parameters"]) == {"input_threshold", "min_step"}
+    # no calibration search for the student: its min_step (one check, at its first step) is what its UNet was
+    # trained for, and its delta was carried over from the teacher's by the distillation
+    assert on_disk["edge"]["hyper_parameters"] == {}
+    first_step = steps.student_schedule(edge.glad.denoise_step, edge.glad.inference_steps)[0][0]
+    assert edge.glad.inference_steps == 2 and edge.glad.min_step == first_step + 1
     assert on_disk["edge"]["sampler"]["inference_steps"] <= 4
     assert on_disk["fast"]["sampler"]["inference_steps"] < on_disk["exact"]["sampler"]["inference_steps"]
     text = format_summary(summary)

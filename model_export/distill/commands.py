@@ -118,7 +118,7 @@ def distill(teacher_dir: str | Path, out: str | Path, recipe: Recipe, images: st
             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run ``recipe`` on the teacher; rank 0 writes the student and returns distill.json's content."""
     from model_export.checkpoint import load_checkpoint
-    from model_export.distill import registry
+    from model_export.distill import ads_threshold, registry
     from model_export.distill.data import load_distill_data
     from model_export.distill.harness import TrainSettings, process_group, world
     from model_export.distill.student import checkpoint_sha256, make_student, write_student
@@ -146,10 +146,14 @@ def distill(teacher_dir: str | Path, out: str | Path, recipe: Recipe, images: st
             start = time.perf_counter()
             measured = modules[name].apply(teacher, student, data, settings, work_dir, options[name])
             measurements[name] = {**measured, "seconds": round(time.perf_counter() - start, 2)}
+        start = time.perf_counter()
+        threshold = ads_threshold.transfer(teacher, student, data, seed=seed, device=device)
+        threshold["seconds"] = round(time.perf_counter() - start, 2)
     info = {
         "recipe": recipe.model_dump(),
         "teacher": {"path": str(Path(teacher_dir).resolve()), "sha256": teacher_sha},
         "techniques": measurements,
+        "ads_threshold": threshold,
         "images": {"path": str(Path(images).resolve()), "count": len(data.images)},
         "settings": {"device": device, "amp": amp, "seed": seed, "world_size": world()[1]},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),

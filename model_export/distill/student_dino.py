@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model_export.checkpoint import Checkpoint
 from model_export.dino import DinoViT, StudentDino, StudentDinoConfig
+from model_export.distill.anomalies import with_anomalies
 from model_export.distill.data import DistillData
 from model_export.distill.harness import TrainSettings, train
 from model_export.distill.teacher_views import TeacherViews, imagenet_normalise, resize_images
@@ -52,6 +53,12 @@ class Options(BaseModel):
     mlp_ratio: float = Field(4.0, gt=0)
     recon_fraction: float = Field(0.5, ge=0.0, le=1.0,
                                   description="share of training images that are teacher reconstructions")
+    anomaly_fraction: float = Field(0.0, ge=0.0, le=1.0,
+                                    description="share of training images with a pseudo anomaly drawn on them "
+                                                "(before the reconstructions are made)")
+    map_weight: float = Field(0.0, ge=0.0, le=100.0,
+                              description="weight of the anomaly-map loss: the student's per-patch cosine-min "
+                                          "distances between a part and its reconstruction against the teacher's")
     adaptive: bool = Field(True, description="also replace a separate dino_adaptive by its own student")
     eval_batch: int = Field(8, gt=0, description="held-out images for the before/after measurements")
 
@@ -122,22 +129,49 @@ def cosine_loss(student: torch.nn.Module, teacher: DinoViT, x_student: torch.Ten
     return torch.stack(losses).mean()
 
 
+def patch_distances(feats_a: torch.Tensor, feats_b: torch.Tensor) -> torch.Tensor:
+    """Per-patch min_j (1 - cos(a_i, b_j)) for [B, P, D] features: the distance the score and the ADS map sum."""
+    a, b = F.normalize(feats_a, dim=-1), F.normalize(feats_b, dim=-1)
+    return 1 - (a @ b.transpose(1, 2)).max(dim=-1).values
+
+
+def map_loss(student: torch.nn.Module, teacher: DinoViT, pair_student: tuple[torch.Tensor, torch.Tensor],
+             pair_teacher: tuple[torch.Tensor, torch.Tensor], layers: list[int]) -> torch.Tensor:
+    """Mean absolute difference of the per-patch distances part -> reconstruction, student against teacher,
+    over ``layers``: the anomaly map itself, not only the features it is made of."""
+    grid = pair_student[0].shape[-1] // teacher.config.patch_size
+    with torch.no_grad():
+        ta, tb = ([pool_tokens(f, grid) for f in teacher.forward_features(x, layers)] for x in pair_teacher)
+        targets = [patch_distances(a, b) for a, b in zip(ta, tb, strict=True)]
+    sa, sb = (student(x, layers) for x in pair_student)
+    losses = [(patch_distances(a, b) - t).abs().mean() for a, b, t in zip(sa, sb, targets, strict=True)]
+    return torch.stack(losses).mean()
+
+
 class _Batches:
     """Training inputs for both roles at the student's and the teacher's resolutions."""
 
     def __init__(self, teacher: Checkpoint, student: Checkpoint, data: DistillData, views: TeacherViews,
-                 recon_fraction: float) -> None:
+                 recon_fraction: float, anomaly_fraction: float = 0.0) -> None:
         self.t, self.s = teacher.config, student.config
         self.data, self.views, self.recon_fraction = data, views, recon_fraction
+        self.anomaly_fraction = anomaly_fraction
 
     def images(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """Normal images and reconstructions at the teacher's resolution, in [-1, 1]."""
         x = resize_images(self.data.batch(n, gen), self.t.resolution).to(self.views.device)
+        x = with_anomalies(x, self.anomaly_fraction, gen)
         k = int(math.floor(self.recon_fraction * n + 0.5))
         if k:
             z = self.views.encode(x[:k])
             x = torch.cat([self.views.decode(self.views.x0_predictions(z, gen)), x[k:]])
         return x
+
+    def pairs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parts (normal or, for ``anomaly_fraction``, with a pseudo anomaly) and teacher reconstructions of them."""
+        x = resize_images(self.data.batch(n, gen), self.t.resolution).to(self.views.device)
+        x = with_anomalies(x, self.anomaly_fraction, gen)
+        return x, self.views.decode(self.views.x0_predictions(self.views.encode(x), gen))
 
     def scoring(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (imagenet_normalise(resize_images(x, self.s.dino_resolution)),
@@ -151,7 +185,7 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
           options: Options) -> dict[str, float]:
     """Replace ``student.dino`` (and a separate ``dino_adaptive``) by distilled students."""
     views = TeacherViews(teacher, device=settings.device)
-    batches = _Batches(teacher, student, data, views, options.recon_fraction)
+    batches = _Batches(teacher, student, data, views, options.recon_fraction, options.anomaly_fraction)
     c = teacher.config
     shared = teacher.dino_adaptive is None
     # (name, teacher ViT, roles with their layers)
@@ -177,15 +211,28 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
                 parts.append(cosine_loss(model, teacher_vit, xs, xt, ls))
             return torch.stack(parts).mean()
 
+        def role_map_loss(model: torch.nn.Module, pair: tuple[torch.Tensor, torch.Tensor],
+                          roles: list[tuple[str, list[int]]] = roles, teacher_vit: DinoViT = teacher_vit
+                          ) -> torch.Tensor:
+            parts = []
+            for role, ls in roles:
+                view = batches.scoring if role == "scoring" else batches.adaptive
+                (a_s, a_t), (b_s, b_t) = view(pair[0]), view(pair[1])
+                parts.append(map_loss(model, teacher_vit, (a_s, b_s), (a_t, b_t), ls))
+            return torch.stack(parts).mean()
+
         def evaluate(model: torch.nn.Module, role_loss=role_loss) -> float:  # noqa: ANN001
             gen = torch.Generator().manual_seed(EVAL_SEED)
             x = batches.images(options.eval_batch, gen)
             with torch.no_grad():
                 return float(role_loss(model.eval(), x))
 
-        def loss_fn(model: torch.nn.Module, gen: torch.Generator, role_loss=role_loss) -> torch.Tensor:  # noqa: ANN001
-            x = batches.images(settings.batch, gen)
-            return role_loss(model, x)
+        def loss_fn(model: torch.nn.Module, gen: torch.Generator, role_loss=role_loss,  # noqa: ANN001
+                    role_map_loss=role_map_loss) -> torch.Tensor:  # noqa: ANN001
+            loss = role_loss(model, batches.images(settings.batch, gen))
+            if options.map_weight > 0:
+                loss = loss + options.map_weight * role_map_loss(model, batches.pairs(settings.batch, gen))
+            return loss
 
         before = evaluate(model)
         model = train(f"{NAME}_{name}", model, loss_fn, settings, work_dir)
