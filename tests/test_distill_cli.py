@@ -96,7 +96,9 @@ def test_missing_images_and_teacher_fail_with_one_line(teacher_dir, tmp_path, ca
 
 def test_recipes_builtin_yaml_and_selection(tmp_path) -> None:
     recipes = builtin_recipes()
-    assert set(recipes["edge"].techniques) == set(ORDER) == set(recipes["edge-demo"].techniques)
+    assert set(recipes["edge"].techniques) == set(ORDER)
+    # the demo's VAE is already tiny and its small student costs accuracy (recipe.py): edge-demo leaves it out
+    assert set(recipes["edge-demo"].techniques) == set(ORDER) - {"small_vae"}
     for name in ORDER:
         assert list(recipes[name].techniques) == [name]
     assert [n for n, _ in recipes["edge"].ordered()] == list(ORDER)

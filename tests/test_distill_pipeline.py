@@ -124,3 +124,20 @@ def test_map_loss_measures_the_anomaly_map(teacher_and_data: tuple[Checkpoint, D
         other = map_loss(Features(make_dino(vit, layers, Options(embed_dim=32, depth=1))), vit, (a, b), (a, b),
                          layers)
     assert float(itself) < 1e-6 < float(other)
+
+
+def test_small_vae_feature_loss(teacher_and_data: tuple[Checkpoint, DistillData], tmp_path: Path) -> None:
+    from model_export.distill import small_vae
+    from model_export.distill.teacher_views import TeacherViews
+
+    teacher, data = teacher_and_data
+    views = TeacherViews(teacher)
+    x = data.images[:2]
+    with torch.no_grad():
+        assert float(small_vae.feature_loss(views, x, x)) < 1e-6 < float(small_vae.feature_loss(views, x, x.flip(-1)))
+    student = make_student(teacher)
+    m = small_vae.apply(teacher, student, data, TrainSettings(steps=3, batch=2, progress=False), tmp_path,
+                        small_vae.Options(channels=8, eval_batch=2, feature_weight=1.0))
+    assert m["decoder_mse"] < m["decoder_mse_untrained"]
+    # the teacher DINO the loss looks through is not trained: still the weights the seeded factory makes
+    assert torch.equal(next(teacher.dino.parameters()), next(make_random_checkpoint(**TEACHER).dino.parameters()))

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge_runtime.errors import GladEdgeError
 from model_export.checkpoint import Checkpoint
 from model_export.distill.data import DistillData
-from model_export.distill.harness import TrainSettings, train
-from model_export.distill.teacher_views import TeacherViews, resize_images
+from model_export.distill.harness import TrainSettings, freeze, train
+from model_export.distill.teacher_views import TeacherViews, imagenet_normalise, resize_images
 
 NAME = "small_vae"
 EVAL_SEED = 1_234_567  # the held-out batch the measurements use, the same before and after training
@@ -36,6 +36,9 @@ class Options(BaseModel):
     blocks_per_level: int = Field(1, ge=1, description="residual conv blocks per level (TAESD uses 3)")
     x0_fraction: float = Field(0.5, ge=0.0, le=1.0,
                                description="share of decoder training latents that are teacher x0 predictions")
+    feature_weight: float = Field(0.0, ge=0.0, le=100.0,
+                                  description="weight of the decoder's feature loss: 1 - cos between the teacher "
+                                              "DINO's scoring features of the student's and the teacher's decodes")
     eval_batch: int = Field(16, gt=0, description="held-out images for the before/after measurements")
 
 
@@ -74,20 +77,40 @@ class EncodeDecode(torch.nn.Module):
 
 
 def vae_losses(model: torch.nn.Module, views: TeacherViews, x: torch.Tensor, gen: torch.Generator,
-               x0_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(encoder MSE to the teacher's scaled latent, decoder MSE to the teacher's decode) on images x;
-    ``model`` is an ``EncodeDecode`` (possibly wrapped)."""
+               x0_fraction: float, feature_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder MSE to the teacher's scaled latent, decoder loss) on images x; ``model`` is an ``EncodeDecode``
+    (possibly wrapped). The decoder loss is the MSE to the teacher's decode plus, with ``feature_weight``, the
+    mean 1 - cos between the teacher DINO's features (scoring layers) of the two decodes: the score compares a
+    part with its decoded reconstruction through DINO, which sees texture a pixel MSE of 1e-3 does not weigh."""
     z = views.encode(x)
     z_dec = views.mixed_latents(z, gen, x0_fraction)
     target = views.decode(z_dec)
     latent, image = model(x, z_dec)
-    return F.mse_loss(latent, z), F.mse_loss(image, target)
+    dec = F.mse_loss(image, target)
+    if feature_weight > 0:
+        dec = dec + feature_weight * feature_loss(views, image, target)
+    return F.mse_loss(latent, z), dec
+
+
+def feature_loss(views: TeacherViews, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the scoring layers and tokens of 1 - cos(teacher DINO features of image, of target)."""
+    c = views.config
+    dino = views.ref.dino
+
+    def features(x: torch.Tensor) -> list[torch.Tensor]:
+        return dino.forward_features(imagenet_normalise(resize_images(x, c.dino_resolution)), list(c.dino_layers))
+
+    with torch.no_grad():
+        want = features(target)
+    got = features(image)
+    return torch.stack([(1 - F.cosine_similarity(a, b, dim=-1)).mean() for a, b in zip(got, want, strict=True)]).mean()
 
 
 def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings: TrainSettings, work_dir: Path,
           options: Options) -> dict[str, float]:
     """Replace ``student.vae`` with a distilled AutoencoderTiny at the student's working resolution."""
     views = TeacherViews(teacher, device=settings.device)
+    freeze(views.ref.dino)  # the feature loss differentiates through it, never into it
     r = student.config.resolution
     tiny = make_tiny_vae(teacher.vae, teacher.vae_scale_factor, options, seed=settings.seed).to(settings.device)
     trainee = EncodeDecode(tiny)
@@ -96,12 +119,12 @@ def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings:
         gen = torch.Generator().manual_seed(EVAL_SEED)
         x = resize_images(data.batch(options.eval_batch, gen), r).to(settings.device)
         with torch.no_grad():
-            enc, dec = vae_losses(model.eval(), views, x, gen, options.x0_fraction)
+            enc, dec = vae_losses(model.eval(), views, x, gen, options.x0_fraction)  # MSE only: comparable
         return float(enc), float(dec)
 
     def loss_fn(model: torch.nn.Module, gen: torch.Generator) -> torch.Tensor:
         x = resize_images(data.batch(settings.batch, gen), r).to(settings.device)
-        enc, dec = vae_losses(model, views, x, gen, options.x0_fraction)
+        enc, dec = vae_losses(model, views, x, gen, options.x0_fraction, options.feature_weight)
         return enc + dec
 
     enc0, dec0 = evaluate(trainee)
