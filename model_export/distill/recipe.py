@@ -91,7 +91,7 @@ _FULL: dict[str, dict[str, Any]] = {
 _DEMO: dict[str, dict[str, Any]] = {
     "resolution": {"steps": 150, "batch": 8, "lr": 3e-4},
     "student_dino": {"steps": 600, "batch": 16, "lr": 1e-3, "options": _DINO_OPTIONS},
-    "small_vae": {"steps": 1500, "batch": 16, "lr": 2e-3, "options": {"channels": 12, "feature_weight": 1.0}},
+    "small_vae": {"steps": 1500, "batch": 16, "lr": 2e-3, "options": {"feature_weight": 1.0}},
     "guidance": {"steps": 100, "batch": 8, "lr": 5e-5},
     "steps": {"steps": 1000, "batch": 8, "lr": 3e-4, "options": _STEPS_OPTIONS},
 }
