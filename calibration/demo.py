@@ -90,7 +90,7 @@ def _edge_bundle(ckpt: Path, base: Path, dataset: Path, out: Path, recipe_name: 
     from model_export.distill import registry
     from model_export.distill.commands import distill, resolve_recipe
     from model_export.distill.gate import GateOptions, Tolerances, export_student
-    from model_export.distill.student import checkpoint_sha256, read_distill_info
+    from model_export.distill.student import checkpoint_sha256, current_student
 
     recipe = resolve_recipe(recipe_name, steps=steps)
     missing = [n for n in recipe.techniques if n not in registry.available()]
@@ -99,8 +99,7 @@ def _edge_bundle(ckpt: Path, base: Path, dataset: Path, out: Path, recipe_name: 
         recipe = recipe.select(skip=missing)
     student = out / "checkpoint-edge"
     teacher_sha = checkpoint_sha256(ckpt)
-    info = read_distill_info(student) if student.is_dir() else None
-    if info is None or info["teacher"]["sha256"] != teacher_sha or info["recipe"] != recipe.model_dump():
+    if current_student(student, recipe.model_dump(), teacher_sha) is None:
         _log(f"distill ({recipe.name}: {', '.join(recipe.techniques)}) -> {student}")
         distill(ckpt, student, recipe, dataset / "train" / "good", progress=progress, overwrite=True,
                 work=out / "distill-work" / teacher_sha[:12])

@@ -35,7 +35,7 @@ from edge_runtime.sampler import sampler_params  # noqa: E402
 from model_export.distill import registry  # noqa: E402
 from model_export.distill.commands import distill, resolve_recipe  # noqa: E402
 from model_export.distill.gate import GateOptions, export_student  # noqa: E402
-from model_export.distill.student import checkpoint_sha256, read_distill_info  # noqa: E402
+from model_export.distill.student import checkpoint_sha256, current_student  # noqa: E402
 
 DEFAULT_RECIPES = [f"{n}-demo" for n in registry.ORDER] + ["edge-demo"]
 
@@ -47,9 +47,8 @@ def build(teacher: Path, data: Path, out: Path, recipe_name: str, teacher_bundle
     if missing:
         recipe = recipe.select(skip=missing)
     student = out / f"student-{recipe_name}"
-    info = read_distill_info(student) if student.is_dir() else None
-    if (info is not None and info["recipe"] == recipe.model_dump()
-            and info["teacher"]["sha256"] == checkpoint_sha256(teacher)):
+    info = current_student(student, recipe.model_dump(), checkpoint_sha256(teacher))
+    if info is not None:
         # the same recipe on the same teacher: reuse the student (its training time is in distill.json)
         train_s = sum(m.get("seconds", 0.0) for m in info["techniques"].values())
         train_s += info.get("ads_threshold", {}).get("seconds", 0.0)

@@ -10,13 +10,12 @@ about as rarely as it fires the teacher's.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from model_export.checkpoint import Checkpoint
 from model_export.distill.data import DistillData
+from model_export.distill.pipeline import no_fire_output
 from model_export.distill.steps import exact_plan
 from model_export.distill.teacher_views import resize_images
 from model_export.distill.unet_common import abar_tensor
@@ -28,31 +27,21 @@ QUANTILE = 0.99
 @torch.no_grad()
 def normal_check_scores(ckpt: Checkpoint, images: torch.Tensor, device: str = "cpu") -> np.ndarray:
     """Per part, the largest ADS score over the checks of the model's exact plan on the path a good part
-    takes (the check never fires; the switch to the input estimate happens at the first step below min_step)."""
+    takes (``pipeline.no_fire_output``: the check never fires; the switch to the input estimate happens at the
+    first step below min_step)."""
     ref = GladReference(ckpt, device=device)
     c = ckpt.config
     abar = abar_tensor(ckpt, torch.device(device))
     steps = exact_plan(c, abar)
     noise = ref.noise_tensor(None)
-    a_td = float(abar[c.denoise_step])
     out = []
     for x in resize_images(images, c.resolution).to(ref.device):
-        z0 = ref.encode(x[None])
-        x_t = math.sqrt(a_td) * z0 + math.sqrt(1 - a_td) * noise
-        best, decided = 0.0, False
-        for st in steps:
-            eps = ref.guided_eps(x_t, st.t)
-            x0 = (x_t - math.sqrt(1 - st.a_t) * eps) / math.sqrt(st.a_t)
-            if st.check and not decided:
-                x_in = math.sqrt(st.a_t) * z0 + math.sqrt(1 - st.a_t) * noise
-                x0_in = (x_in - math.sqrt(1 - st.a_t) * eps) / math.sqrt(st.a_t)
-                best = max(best, ref.adaptive_check(x0_in, x0)[0])
-                if st.t < c.min_step:
-                    x0, decided = x0_in, True
-            x_t = math.sqrt(st.a_prev) * x0 + math.sqrt(1 - st.a_prev) * eps
-        out.append(best)
+        scores: list[float] = []
+        no_fire_output(lambda x_t, t: ref.guided_eps(x_t, int(t[0])), steps, ref.encode(x[None]), noise,
+                       float(abar[c.denoise_step]), c.min_step,
+                       on_check=lambda x0_in, x0, s=scores: s.append(ref.adaptive_check(x0_in, x0)[0]))
+        out.append(max(scores, default=0.0))
     return np.asarray(out, dtype=np.float64)
-
 
 def transfer(teacher: Checkpoint, student: Checkpoint, data: DistillData, parts: int = 64, seed: int = 0,
              device: str = "cpu") -> dict[str, float]:

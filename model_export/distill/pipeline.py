@@ -19,14 +19,16 @@ import torch
 from edge_runtime.sampler import Step
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B, C, h, w], t [B]) -> eps
+CheckFn = Callable[[torch.Tensor, torch.Tensor], None]  # (x0_in, x0_rec) at a check the path runs
 
 
 def no_fire_output(eps_fn: EpsFn, steps: Sequence[Step], z0: torch.Tensor, noise: torch.Tensor, a_td: float,
-                   min_step: int) -> torch.Tensor:
+                   min_step: int, on_check: CheckFn | None = None) -> torch.Tensor:
     """The final latent of the sampler's path on which ADS never fires: ``x0_in`` (the released estimate
     (x_in - sqrt(1 - a_t) eps) / sqrt(a_t), x_in = z0 noised to a_t with ``noise``) replaces the x0 estimate at
     the first checked step with t < ``min_step``, as ``GladReference.reconstruct`` and the runtime do (a plan
-    without checks, ADS off, never switches)."""
+    without checks, ADS off, never switches). ``on_check`` sees the two estimates of every check the path runs
+    (each checked step up to and including the switch)."""
     b = z0.shape[0]
     x_t = math.sqrt(a_td) * z0 + math.sqrt(1 - a_td) * noise
     decided = False
@@ -34,10 +36,13 @@ def no_fire_output(eps_fn: EpsFn, steps: Sequence[Step], z0: torch.Tensor, noise
         t = torch.full((b,), st.t, dtype=torch.long, device=z0.device)
         eps = eps_fn(x_t, t)
         x0 = (x_t - math.sqrt(1 - st.a_t) * eps) / math.sqrt(st.a_t)
-        if not decided and st.check and st.t < min_step:
+        if not decided and st.check:
             x_in = math.sqrt(st.a_t) * z0 + math.sqrt(1 - st.a_t) * noise
-            x0 = (x_in - math.sqrt(1 - st.a_t) * eps) / math.sqrt(st.a_t)
-            decided = True
+            x0_in = (x_in - math.sqrt(1 - st.a_t) * eps) / math.sqrt(st.a_t)
+            if on_check is not None:
+                on_check(x0_in, x0)
+            if st.t < min_step:
+                x0, decided = x0_in, True
         x_t = math.sqrt(st.a_prev) * x0 + math.sqrt(1 - st.a_prev) * eps
     return x_t
 

@@ -68,4 +68,14 @@ def read_distill_info(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     return info
 
 
-__all__ = ["DISTILL_JSON", "checkpoint_sha256", "make_student", "read_distill_info", "write_student"]
+def current_student(checkpoint_dir: str | Path, recipe: dict[str, Any], teacher_sha256: str) -> dict[str, Any] | None:
+    """distill.json of the student in ``checkpoint_dir`` when it was made by ``recipe`` (its model_dump) from the
+    teacher with this hash, so it can be reused instead of distilled again; None otherwise."""
+    info = read_distill_info(checkpoint_dir) if Path(checkpoint_dir).is_dir() else None
+    if info is None or info["recipe"] != recipe or info["teacher"]["sha256"] != teacher_sha256:
+        return None
+    return info
+
+
+__all__ = ["DISTILL_JSON", "checkpoint_sha256", "current_student", "make_student", "read_distill_info",
+           "write_student"]

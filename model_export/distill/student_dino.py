@@ -157,10 +157,14 @@ class _Batches:
         self.data, self.views, self.recon_fraction = data, views, recon_fraction
         self.anomaly_fraction = anomaly_fraction
 
-    def images(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Normal images and reconstructions at the teacher's resolution, in [-1, 1]."""
+    def parts(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Parts at the teacher's resolution in [-1, 1]: normal, or for ``anomaly_fraction`` with a pseudo anomaly."""
         x = resize_images(self.data.batch(n, gen), self.t.resolution).to(self.views.device)
-        x = with_anomalies(x, self.anomaly_fraction, gen)
+        return with_anomalies(x, self.anomaly_fraction, gen)
+
+    def images(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Parts and reconstructions at the teacher's resolution, in [-1, 1]."""
+        x = self.parts(n, gen)
         k = int(math.floor(self.recon_fraction * n + 0.5))
         if k:
             z = self.views.encode(x[:k])
@@ -168,9 +172,8 @@ class _Batches:
         return x
 
     def pairs(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parts (normal or, for ``anomaly_fraction``, with a pseudo anomaly) and teacher reconstructions of them."""
-        x = resize_images(self.data.batch(n, gen), self.t.resolution).to(self.views.device)
-        x = with_anomalies(x, self.anomaly_fraction, gen)
+        """Parts and teacher reconstructions of them."""
+        x = self.parts(n, gen)
         return x, self.views.decode(self.views.x0_predictions(self.views.encode(x), gen))
 
     def scoring(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
