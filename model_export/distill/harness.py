@@ -8,6 +8,7 @@ was killed and resumed ends with the weights an uninterrupted run ends with.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ class TrainSettings:
     device: str = "cpu"
     progress: bool = True  # tqdm bar on rank 0
     save_every: int = 100  # resumable state every N steps
+    job: str = ""  # what else makes this run this run (the technique's options, what ran before it)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.save_every < 1:
@@ -102,25 +104,33 @@ def _autocast(settings: TrainSettings, dev: torch.device) -> Iterator[None]:
         yield
 
 
-def _fingerprint(name: str, settings: TrainSettings) -> dict[str, Any]:
-    """What must match for a saved state to be resumed (steps may grow: training continues)."""
+def _fingerprint(name: str, settings: TrainSettings, model: torch.nn.Module) -> dict[str, Any]:
+    """What must match for a saved state to be resumed (steps may grow: training continues): the settings,
+    the caller's job, and the model's parameter names and shapes."""
     keep = asdict(settings)
     for k in ("steps", "progress", "save_every", "device"):
         keep.pop(k)
-    return {"name": name, "world_size": world()[1], **keep}
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return {"name": name, "world_size": world()[1], **keep,
+            "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
 
 
-def _load_state(state_dir: Path, name: str, settings: TrainSettings) -> dict[str, Any] | None:
+def _load_state(state_dir: Path, name: str, settings: TrainSettings, model: torch.nn.Module
+                ) -> dict[str, Any] | None:
+    """The saved state of this very run, or None. A state of another run (other settings, options or
+    architecture: a recipe that changed since) is not resumed; this run starts over and replaces it."""
     meta_path, state_path = state_dir / META, state_dir / STATE
     if not meta_path.is_file() or not state_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
-    want = _fingerprint(name, settings)
-    if meta.get("fingerprint") != want:
-        raise GladEdgeError(
-            f"{state_dir}: saved training state was made with other settings ({meta.get('fingerprint')} != {want}); "
-            "use the same settings or another work directory"
-        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("fingerprint") != _fingerprint(name, settings, model):
+        if world()[0] == 0:
+            print(f"{name}: the training state in {state_dir} is from another run (other settings, options or "
+                  "model); starting over", file=sys.stderr)
+        return None
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     if int(state["step"]) != int(meta["step"]):
         raise GladEdgeError(f"{state_dir}: {STATE} and {META} disagree on the step; delete the directory")
@@ -133,7 +143,7 @@ def _save_state(state_dir: Path, name: str, settings: TrainSettings, model: torc
     tmp = state_dir / (STATE + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
     os.replace(tmp, state_dir / STATE)  # the meta file names the step, so it goes second
-    meta = {"fingerprint": _fingerprint(name, settings), "step": step, "loss": loss}
+    meta = {"fingerprint": _fingerprint(name, settings, model), "step": step, "loss": loss}
     (state_dir / (META + ".tmp")).write_text(json.dumps(meta) + "\n")
     os.replace(state_dir / (META + ".tmp"), state_dir / META)
 
@@ -154,7 +164,7 @@ def train(name: str, model: torch.nn.Module, loss_fn: LossFn, settings: TrainSet
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     state_dir = Path(work_dir) / name
     start = 0
-    state = _load_state(state_dir, name, settings)
+    state = _load_state(state_dir, name, settings, model)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
