@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -46,7 +47,8 @@ def build(teacher: Path, data: Path, out: Path, recipe_name: str, teacher_bundle
     missing = [n for n in recipe.techniques if n not in registry.available()]
     if missing:
         recipe = recipe.select(skip=missing)
-    student = out / f"student-{recipe_name}"
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", recipe.name)  # the recipe's own name, never a file's path: a folder
+    student = out / f"student-{label}"
     info = current_student(student, recipe.model_dump(), checkpoint_sha256(teacher))
     if info is not None:
         # the same recipe on the same teacher: reuse the student (its training time is in distill.json)
@@ -55,9 +57,9 @@ def build(teacher: Path, data: Path, out: Path, recipe_name: str, teacher_bundle
     else:
         t0 = time.perf_counter()
         info = distill(teacher, student, recipe, data / "train" / "good", progress=progress, overwrite=True,
-                       work=out / "work" / recipe_name)
+                       work=out / "work" / label)
         train_s = time.perf_counter() - t0
-    bundle, gate = export_student(student, out / f"bundle-{recipe_name}",
+    bundle, gate = export_student(student, out / f"bundle-{label}",
                                   GateOptions(images=data / "test" / "good", teacher_bundle=teacher_bundle,
                                               accept_loss=True), progress=progress, overwrite=True)
     return bundle, {"techniques": list(info["techniques"]), "left_out": missing, "train_s": train_s,
