@@ -43,6 +43,7 @@ def normal_check_scores(ckpt: Checkpoint, images: torch.Tensor, device: str = "c
         out.append(max(scores, default=0.0))
     return np.asarray(out, dtype=np.float64)
 
+
 def transfer(teacher: Checkpoint, student: Checkpoint, data: DistillData, parts: int = 64, seed: int = 0,
              device: str = "cpu") -> dict[str, float]:
     """Set the student's input_threshold from the teacher's (nothing to do when ADS is off) and return what

@@ -142,14 +142,15 @@ def distill(teacher_dir: str | Path, out: str | Path, recipe: Recipe, images: st
     work_dir = Path(work) if work is not None else out.parent / f"{out.name}.work"
     measurements: dict[str, dict[str, float]] = {}
     with process_group(device):
-        upstream: list[Any] = [teacher_sha]
+        done: list[Any] = []  # the techniques run so far, in full
         for name, spec in recipe.ordered():
-            # a saved state is resumed only by the same job: this technique's options after the same upstream
-            upstream.append([name, spec.model_dump(exclude={"steps"})])
-            job = hashlib.sha256(json.dumps(upstream, sort_keys=True).encode()).hexdigest()[:16]
+            # a saved state is resumed only by the same job: this technique's options (its steps may grow), after
+            # the same techniques on the same teacher
+            job_key = [teacher_sha, done, name, spec.model_dump(exclude={"steps"})]
+            job = hashlib.sha256(json.dumps(job_key, sort_keys=True).encode()).hexdigest()[:16]
             settings = TrainSettings(steps=spec.steps, batch=spec.batch, lr=spec.lr, seed=seed, amp=amp,
                                      device=device, progress=progress, save_every=save_every, job=job)
-            upstream[-1].append(spec.steps)  # what ran before the next technique, in full
+            done.append([name, spec.model_dump()])
             start = time.perf_counter()
             measured = modules[name].apply(teacher, student, data, settings, work_dir, options[name])
             measurements[name] = {**measured, "seconds": round(time.perf_counter() - start, 2)}

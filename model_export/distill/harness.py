@@ -115,8 +115,7 @@ def _fingerprint(name: str, settings: TrainSettings, model: torch.nn.Module) -> 
             "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
 
 
-def _load_state(state_dir: Path, name: str, settings: TrainSettings, model: torch.nn.Module
-                ) -> dict[str, Any] | None:
+def _load_state(state_dir: Path, name: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     """The saved state of this very run, or None. A state of another run (other settings, options or
     architecture: a recipe that changed since) is not resumed; this run starts over and replaces it."""
     meta_path, state_path = state_dir / META, state_dir / STATE
@@ -126,7 +125,7 @@ def _load_state(state_dir: Path, name: str, settings: TrainSettings, model: torc
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         meta = {}
-    if not isinstance(meta, dict) or meta.get("fingerprint") != _fingerprint(name, settings, model):
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
         if world()[0] == 0:
             print(f"{name}: the training state in {state_dir} is from another run (other settings, options or "
                   "model); starting over", file=sys.stderr)
@@ -137,13 +136,13 @@ def _load_state(state_dir: Path, name: str, settings: TrainSettings, model: torc
     return state
 
 
-def _save_state(state_dir: Path, name: str, settings: TrainSettings, model: torch.nn.Module,
-                opt: torch.optim.Optimizer, step: int, loss: float) -> None:
+def _save_state(state_dir: Path, fingerprint: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+                step: int, loss: float) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / (STATE + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
     os.replace(tmp, state_dir / STATE)  # the meta file names the step, so it goes second
-    meta = {"fingerprint": _fingerprint(name, settings, model), "step": step, "loss": loss}
+    meta = {"fingerprint": fingerprint, "step": step, "loss": loss}
     (state_dir / (META + ".tmp")).write_text(json.dumps(meta) + "\n")
     os.replace(state_dir / (META + ".tmp"), state_dir / META)
 
@@ -164,7 +163,8 @@ def train(name: str, model: torch.nn.Module, loss_fn: LossFn, settings: TrainSet
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     state_dir = Path(work_dir) / name
     start = 0
-    state = _load_state(state_dir, name, settings, model)
+    fingerprint = _fingerprint(name, settings, model)
+    state = _load_state(state_dir, name, fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -208,7 +208,7 @@ def train(name: str, model: torch.nn.Module, loss_fn: LossFn, settings: TrainSet
             done = step + 1
             if done % settings.save_every == 0 or done == settings.steps:
                 if rank == 0:
-                    _save_state(state_dir, name, settings, model, opt, done, loss_value)
+                    _save_state(state_dir, fingerprint, model, opt, done, loss_value)
                 if size > 1:
                     dist.barrier()
     finally:

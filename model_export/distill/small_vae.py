@@ -23,6 +23,7 @@ from edge_runtime.errors import GladEdgeError
 from model_export.checkpoint import Checkpoint
 from model_export.distill.data import DistillData
 from model_export.distill.harness import TrainSettings, freeze, train
+from model_export.distill.student_dino import cosine_loss
 from model_export.distill.teacher_views import TeacherViews, imagenet_normalise, resize_images
 
 NAME = "small_vae"
@@ -94,16 +95,12 @@ def vae_losses(model: torch.nn.Module, views: TeacherViews, x: torch.Tensor, gen
 
 def feature_loss(views: TeacherViews, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the scoring layers and tokens of 1 - cos(teacher DINO features of image, of target)."""
-    c = views.config
-    dino = views.ref.dino
+    c, dino = views.config, views.ref.dino
 
-    def features(x: torch.Tensor) -> list[torch.Tensor]:
-        return dino.forward_features(imagenet_normalise(resize_images(x, c.dino_resolution)), list(c.dino_layers))
+    def view(x: torch.Tensor) -> torch.Tensor:
+        return imagenet_normalise(resize_images(x, c.dino_resolution))
 
-    with torch.no_grad():
-        want = features(target)
-    got = features(image)
-    return torch.stack([(1 - F.cosine_similarity(a, b, dim=-1)).mean() for a, b in zip(got, want, strict=True)]).mean()
+    return cosine_loss(dino.forward_features, dino, view(image), view(target), list(c.dino_layers))
 
 
 def apply(teacher: Checkpoint, student: Checkpoint, data: DistillData, settings: TrainSettings, work_dir: Path,

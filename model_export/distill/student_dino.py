@@ -16,6 +16,7 @@ teacher still sees its own resolution and its feature grid is area-averaged to t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -95,6 +96,9 @@ def make_student(teacher: DinoViT, layers: list[int], options: Options, seed: in
     return model
 
 
+FeatureFn = Callable[[torch.Tensor, list[int]], list[torch.Tensor]]  # (images, layers) -> per-layer tokens
+
+
 def pool_tokens(feats: torch.Tensor, grid: int) -> torch.Tensor:
     """[B, g*g, D] tokens area-averaged to a grid x grid patch grid (identity when the grid matches)."""
     b, n, d = feats.shape
@@ -117,10 +121,10 @@ class Features(torch.nn.Module):
         return self.dino.forward_features(images, layers)
 
 
-def cosine_loss(student: torch.nn.Module, teacher: DinoViT, x_student: torch.Tensor, x_teacher: torch.Tensor,
+def cosine_loss(student: FeatureFn, teacher: DinoViT, x_student: torch.Tensor, x_teacher: torch.Tensor,
                 layers: list[int]) -> torch.Tensor:
     """Mean over layers and tokens of 1 - cos(student, teacher) features; ``student`` maps (images, layers) to
-    features (``Features``, possibly wrapped)."""
+    features (``Features``, possibly wrapped, or a ViT's ``forward_features``); gradients reach it only."""
     grid = x_student.shape[-1] // teacher.config.patch_size
     with torch.no_grad():
         targets = [pool_tokens(f, grid) for f in teacher.forward_features(x_teacher, layers)]
